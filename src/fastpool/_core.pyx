@@ -1,0 +1,584 @@
+# cython: language_level=3
+"""The compiled ring: slots, states, free list, handoff queue, clock, counters.
+
+Same algorithm, states and invariants as the pure-Python twin ``_core_py`` (read its docstring);
+this file only differs in how a transition is made atomic.
+
+Atomicity. Every transition below is a run of C statements that calls no Python code and
+releases nothing, so under the GIL no other thread or greenlet can observe or interleave with
+it: no lock is taken on the fast path. Python code (probes, the policy's hooks, waking a
+waiter, dropping a reference that could run a destructor) is only ever called *between*
+transitions, on a slot the caller owns (IN_USE or RESERVED). The states stay explicit so the
+same invariants could be kept with C atomics on a free-threaded CPython.
+
+Misuse fails loudly: ``putconn`` of a foreign or already-returned connection raises
+``self.misuse_error`` and changes nothing.
+"""
+
+from cpython.mem cimport PyMem_Realloc, PyMem_Free
+from cpython.object cimport PyObject_RichCompareBool, Py_EQ
+from cpython.ref cimport PyObject
+from cpython.weakref cimport PyWeakref_GetObject
+
+cdef extern from "Python.h":
+    # 3.9+: calls obj.name() without materialising a bound-method object.
+    object PyObject_CallMethodNoArgs(object obj, object name)
+from libc.math cimport INFINITY
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+import weakref
+from collections import deque
+
+STATE_NAMES = ("EMPTY", "CONNECTING", "IDLE", "IN_USE", "RESERVED")
+# _enqueue results
+ENQUEUED, RETRY, FULL = 0, 1, 2
+
+
+cdef inline double _clock() noexcept nogil:
+    # CLOCK_MONOTONIC is what time.monotonic() reads on Linux, so core and policy times compare.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef class Waiter:
+    """One blocked getconn. ``wake`` is the policy's primitive (thread lock or greenlet)."""
+
+    def __init__(self, wake):
+        self.state = WAITING
+        self.conn = None
+        self.wake = wake
+
+
+cdef class _DeadCallback:
+    """Weakref callback: records that a borrowed connection died (runs at arbitrary points)."""
+    cdef object dead
+    cdef int slot
+
+    def __init__(self, dead, int slot):
+        self.dead = dead
+        self.slot = slot
+
+    def __call__(self, ref):
+        self.dead.append((self.slot, ref))
+
+
+cdef class Core:
+    """Slots, states, free list, waiter queue, clock and counters. No policy, no PostgreSQL."""
+
+    misuse_error = ValueError
+
+    def __cinit__(self, *args, **kwargs):
+        self._cap = 0
+        self._state = NULL
+        self._expiry = NULL
+        self._last_used = NULL
+        self._checkout = NULL
+        self._gen = NULL
+        self._keys = NULL
+        self._free = NULL
+        self._conns = []
+        self._wrefs = []
+        self._slot_of = {}
+        self._waiters = deque()
+        self._dead = deque()
+        self._closed = True
+        self._check_after = INFINITY
+        self._probes = ()
+        self._alive_attr = None
+
+    def __dealloc__(self):
+        PyMem_Free(self._state)
+        PyMem_Free(self._expiry)
+        PyMem_Free(self._last_used)
+        PyMem_Free(self._checkout)
+        PyMem_Free(self._gen)
+        PyMem_Free(self._keys)
+        PyMem_Free(self._free)
+
+    def _core_setup(self, int capacity, lifo=True):
+        self._lifo = bool(lifo)
+        self._grow_capacity(capacity)
+        self._max = capacity
+
+    def _core_configure(self, double check_after, tuple probes, alive_attr, always_slow, track):
+        self._check_after = check_after
+        self._probes = probes
+        self._alive_attr = alive_attr
+        self._always_slow = bool(always_slow)
+        self._track = bool(track)
+
+    def _open_core(self):
+        self._closed = False
+
+    def _core_closed(self):
+        return self._closed
+
+    @staticmethod
+    def _now():
+        return _clock()
+
+    # -- storage -------------------------------------------------------------------------------
+    cdef int _grow_capacity(self, int capacity) except -1:
+        cdef int i, old = self._cap
+        cdef list order
+        if capacity <= old:
+            return 0
+        order = self._free_list()
+        # Realloc every array first; only then publish the new capacity.
+        self._state = <int *>_realloc(self._state, capacity * sizeof(int))
+        self._expiry = <double *>_realloc(self._expiry, capacity * sizeof(double))
+        self._last_used = <double *>_realloc(self._last_used, capacity * sizeof(double))
+        self._checkout = <double *>_realloc(self._checkout, capacity * sizeof(double))
+        self._gen = <long *>_realloc(self._gen, capacity * sizeof(long))
+        self._keys = <Py_ssize_t *>_realloc(self._keys, capacity * sizeof(Py_ssize_t))
+        self._free = <int *>_realloc(self._free, capacity * sizeof(int))
+        for i in range(old, capacity):
+            self._state[i] = EMPTY
+            self._expiry[i] = INFINITY
+            self._last_used[i] = 0.0
+            self._checkout[i] = 0.0
+            self._gen[i] = 0
+            self._keys[i] = 0
+            self._conns.append(None)
+            self._wrefs.append(None)
+        self._cap = capacity
+        self._set_free_list(order)
+        return 0
+
+    # -- free list -----------------------------------------------------------------------------
+    cdef inline void _push_free(self, int slot):
+        self._free[(self._fhead + self._nfree) % self._cap] = slot
+        self._nfree += 1
+
+    cdef inline int _pop_free(self):
+        cdef int slot
+        if self._nfree == 0:
+            return -1
+        self._nfree -= 1
+        if self._lifo:
+            return self._free[(self._fhead + self._nfree) % self._cap]
+        slot = self._free[self._fhead]
+        self._fhead = (self._fhead + 1) % self._cap
+        return slot
+
+    cdef list _free_list(self):
+        cdef int i
+        return [self._free[(self._fhead + i) % self._cap] for i in range(self._nfree)]
+
+    cdef void _set_free_list(self, list slots):
+        cdef int s
+        self._fhead = 0
+        self._nfree = 0
+        for s in slots:
+            self._push_free(s)
+
+    # -- identity ------------------------------------------------------------------------------
+    cdef object _held(self, int slot):
+        cdef PyObject *p
+        c = self._conns[slot]
+        if c is None:
+            r = self._wrefs[slot]
+            if r is not None:
+                p = PyWeakref_GetObject(r)  # borrowed; Py_None once the referent is gone
+                c = <object>p
+        return c
+
+    # -- hand-out: the fast path ---------------------------------------------------------------
+    def getconn(self, timeout=None):
+        """Take an idle connection, or block via the policy's ``_on_miss`` until one is handed over."""
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"getconn(): timeout must be a positive number of seconds, not {timeout!r}")
+        self._requests_num += 1
+        conn = self._try_get_c()
+        if conn is None:
+            conn = self._on_miss(timeout)
+        return conn
+
+    def _try_get(self):
+        """An idle, vetted connection now (IN_USE), or None."""
+        return self._try_get_c()
+
+    cdef object _try_get_c(self):
+        cdef int slot
+        cdef double t, idle
+        cdef bint dead
+        while True:
+            if self._closed:
+                return None
+            slot = self._pop_free()
+            if slot < 0:
+                return None
+            # Transition IDLE -> RESERVED: the slot is ours; Python may run from here on.
+            self._state[slot] = RESERVED
+            t = _clock()
+            conn = self._conns[slot]
+            dead = self._alive_attr is not None and bool(getattr(conn, self._alive_attr))
+            if dead or t >= self._expiry[slot]:
+                if dead:
+                    self._connections_lost += 1
+                self._retire(slot, conn)
+                continue
+            idle = t - self._last_used[slot]
+            if idle >= self._check_after:
+                if not self._vet(conn, idle):
+                    self._connections_lost += 1
+                    self._retire(slot, conn)
+                    continue
+                t = _clock()
+            self._checkout_slot(slot, t)
+            if self._track:
+                self._on_checkout(slot)
+            return conn
+
+    cdef inline void _checkout_slot(self, int slot, double t):
+        self._state[slot] = IN_USE
+        self._checkout[slot] = t
+        if self._wrefs[slot] is not None:
+            # Keep only the weak reference while borrowed: a borrower that drops the
+            # connection lets the weakref callback reclaim the slot. The caller holds a
+            # reference, so this never runs a destructor.
+            self._conns[slot] = None
+
+    # -- return: the fast path -----------------------------------------------------------------
+    def putconn(self, conn):
+        """Return a connection: straight to the first waiter or the free list when it is clean."""
+        cdef int slot
+        cdef double t
+        cdef bint slow
+        cdef tuple probe
+        if self._dead:
+            self._drain_dead()
+        slot = self._slot_of.get(<Py_ssize_t><void *>conn, -1)
+        if slot < 0 or self._held(slot) is not conn:
+            raise self.misuse_error("putconn(): this connection does not belong to this pool")
+        if self._state[slot] != IN_USE:
+            raise self.misuse_error("putconn(): this connection was already returned to the pool")
+        # Transition IN_USE -> RESERVED: from here the slot is ours until restored or released.
+        self._state[slot] = RESERVED
+        self._conns[slot] = conn
+        t = _clock()
+        self._usage += t - self._checkout[slot]
+        slow = (
+            self._always_slow
+            or self._closed
+            or t >= self._expiry[slot]
+            or self._gen[slot] != self._generation
+            or self._size > self._max
+        )
+        if not slow:
+            for probe in self._probes:
+                if probe[2]:
+                    value = PyObject_CallMethodNoArgs(conn, probe[0])
+                else:
+                    value = getattr(conn, <str>probe[0])
+                # identity first: expected values are small ints, None and bools
+                if value is not probe[1] and not PyObject_RichCompareBool(value, probe[1], Py_EQ):
+                    slow = True
+                    break
+        if slow:
+            self._on_return(slot, conn)
+        else:
+            w = self._restore_slot(slot, t)
+            if w is not None:
+                w.wake()
+
+    # -- transitions used by the policy layer --------------------------------------------------
+    def _restore(self, int slot):
+        """RESERVED -> handed to the first live waiter, or IDLE on the free list.
+        False (slot stays RESERVED) if the pool is closed: the caller must retire it."""
+        if self._closed:
+            return False
+        w = self._restore_slot(slot, _clock())
+        if w is not None:
+            w.wake()
+        return True
+
+    cdef Waiter _restore_slot(self, int slot, double t):
+        # Callers handle `closed` first (putconn routes a closed pool to _on_return).
+        cdef Waiter w
+        self._last_used[slot] = t
+        while self._nwaiting:
+            w = <Waiter>self._waiters.popleft()
+            if w.state != WAITING:
+                continue  # cancelled or closed: lazily dropped here
+            w.state = HANDED
+            w.conn = self._conns[slot]
+            self._nwaiting -= 1
+            self._checkout_slot(slot, t)
+            return w
+        # Cancelled waiters may remain queued behind nwaiting == 0; they are skipped later.
+        self._state[slot] = IDLE
+        self._push_free(slot)
+        return None
+
+    def _release(self, int slot):
+        """RESERVED -> EMPTY: the policy closed (or lost) this slot's connection."""
+        self._forget(slot)
+        for s in self._grow_slots():
+            self._grow(s)
+
+    cdef void _forget(self, int slot):
+        # Dropping the weakref cannot run a destructor; the connection object itself is held
+        # by the caller (or already dead).
+        self._slot_of.pop(self._keys[slot], None)
+        self._keys[slot] = 0
+        self._state[slot] = EMPTY
+        self._conns[slot] = None
+        self._wrefs[slot] = None
+        self._expiry[slot] = INFINITY
+        self._size -= 1
+
+    def _reserve(self):
+        """EMPTY -> CONNECTING if there is room; returns the slot or -1."""
+        return self._reserve_slot()
+
+    cdef int _reserve_slot(self):
+        cdef int slot
+        if self._closed or self._size >= self._max:
+            return -1
+        for slot in range(self._cap):
+            if self._state[slot] == EMPTY:
+                self._state[slot] = CONNECTING
+                self._size += 1
+                self._nconnecting += 1
+                return slot
+        return -1
+
+    cdef list _grow_slots(self):
+        """Reserve one CONNECTING slot per waiter not yet covered by a connection being made."""
+        cdef list slots = []
+        cdef int s
+        while self._nwaiting > self._nconnecting and self._size < self._max and not self._closed:
+            s = self._reserve_slot()
+            if s < 0:
+                break
+            slots.append(s)
+        return slots
+
+    def _fill(self, int slot, conn, double expiry):
+        """CONNECTING -> IDLE (or straight to a waiter) with a new connection.
+        False if the pool closed meanwhile: the slot is freed and the caller closes ``conn``."""
+        # Keyed by address, not by the object: a key would be a strong reference and the
+        # weakref-based reclaim of dropped connections could never fire. putconn re-checks
+        # identity, so a reused address cannot be mistaken for ours.
+        cdef Py_ssize_t key = <Py_ssize_t><void *>conn
+        try:
+            wref = weakref.ref(conn, _DeadCallback(self._dead, slot))
+        except TypeError:
+            wref = None  # not weak-referenceable: no reclaim for this connection type
+        self._nconnecting -= 1
+        if self._closed:
+            self._state[slot] = EMPTY
+            self._size -= 1
+            return False
+        self._conns[slot] = conn
+        self._wrefs[slot] = wref
+        self._expiry[slot] = expiry
+        self._gen[slot] = self._generation
+        self._slot_of[key] = slot
+        self._keys[slot] = key
+        w = self._restore_slot(slot, _clock())
+        if w is not None:
+            w.wake()
+        return True
+
+    def _fill_failed(self, int slot):
+        """CONNECTING -> EMPTY after a failed connection attempt (the policy decides on retries)."""
+        self._nconnecting -= 1
+        self._state[slot] = EMPTY
+        self._size -= 1
+
+    def _drain_dead(self):
+        """Reclaim IN_USE slots whose connection was garbage-collected without being returned."""
+        cdef int slot, n = 0
+        cdef list grow = []
+        while self._dead:
+            slot, ref = self._dead.popleft()
+            if self._wrefs[slot] is not ref or self._state[slot] != IN_USE:
+                continue
+            self._usage += _clock() - self._checkout[slot]
+            self._forget(slot)
+            self._connections_reclaimed += 1
+            n += 1
+            grow += self._grow_slots()
+            self._on_reclaim(slot)
+        for s in grow:
+            self._grow(s)
+        return n
+
+    def _enqueue(self, Waiter w, int max_waiting):
+        """Queue a waiter: ENQUEUED, RETRY (a connection became free meanwhile) or FULL."""
+        if self._nfree and not self._closed:
+            return RETRY
+        if max_waiting and self._nwaiting >= max_waiting:
+            return FULL
+        if self._nwaiting == 0:
+            self._waiters.clear()  # only cancelled leftovers: don't let them accumulate
+        self._waiters.append(w)
+        self._nwaiting += 1
+        self._requests_queued += 1
+        for s in self._grow_slots():
+            self._grow(s)
+        return ENQUEUED
+
+    def _claim(self, Waiter w):
+        """Finish a waiter exactly once: its connection if it was handed one, else None."""
+        if w.state == HANDED:
+            w.state = DONE
+            conn = w.conn
+            w.conn = None
+            return conn
+        if w.state == WAITING:
+            w.state = CANCELLED
+            self._nwaiting -= 1
+        return None
+
+    def _take_idle(self, double expired_at, double idle_before, int keep):
+        """IDLE -> RESERVED for the policy: connections expired at ``expired_at``, and the
+        longest-idle ones used before ``idle_before`` while more than ``keep`` remain."""
+        cdef list taken = [], kept = []
+        cdef int slot, size = self._size
+        for slot in self._free_list():  # oldest first
+            if self._expiry[slot] <= expired_at or (self._last_used[slot] <= idle_before and size > keep):
+                self._state[slot] = RESERVED
+                taken.append((slot, self._conns[slot]))
+                size -= 1
+            else:
+                kept.append(slot)
+        self._set_free_list(kept)
+        return taken
+
+    def _take_all_idle(self):
+        return self._take_idle(INFINITY, INFINITY, 0)
+
+    def _slot_current(self, int slot):
+        """Whether a RESERVED slot's connection may go back: same generation, within its
+        lifetime, and the pool not above max_size."""
+        return (
+            self._gen[slot] == self._generation
+            and _clock() < self._expiry[slot]
+            and self._size <= self._max
+        )
+
+    def _slot_for(self, conn):
+        return self._slot_of.get(<Py_ssize_t><void *>conn, -1)
+
+    def _count_lost(self):
+        self._connections_lost += 1
+
+    def _count_bad_return(self):
+        self._returns_bad += 1
+
+    def _in_use_since(self, double before):
+        """Slots borrowed before ``before`` (leak detection)."""
+        cdef int s
+        return [s for s in range(self._cap) if self._state[s] == IN_USE and self._checkout[s] <= before]
+
+    def _close_core(self):
+        """Mark closed and fail every waiter; returns the waiters to wake."""
+        cdef Waiter w
+        cdef list failed = []
+        self._closed = True
+        while self._waiters:
+            w = <Waiter>self._waiters.popleft()
+            if w.state == WAITING:
+                w.state = CLOSED
+                self._nwaiting -= 1
+                failed.append(w)
+        return failed
+
+    def _set_max(self, int max_size):
+        self._grow_capacity(max_size)
+        self._max = max_size
+        for s in self._grow_slots():
+            self._grow(s)
+
+    def _bump_generation(self):
+        self._generation += 1
+
+    def _reset_after_fork(self):
+        """In a forked child: forget every inherited connection (returned for the policy to
+        neutralise, never to close) and start empty."""
+        cdef int i
+        inherited = []
+        for i in range(self._cap):
+            c = self._held(i)
+            if c is not None:
+                inherited.append(c)
+            self._state[i] = EMPTY
+            self._conns[i] = None
+            self._wrefs[i] = None
+            self._keys[i] = 0
+            self._expiry[i] = INFINITY
+        self._slot_of = {}
+        self._waiters = deque()
+        self._dead.clear()
+        self._fhead = self._nfree = 0
+        self._size = self._nconnecting = self._nwaiting = 0
+        return inherited
+
+    # -- introspection -------------------------------------------------------------------------
+    def _counts(self):
+        return {
+            "size": self._size,
+            "idle": self._nfree,
+            "connecting": self._nconnecting,
+            "waiting": self._nwaiting,
+            "max": self._max,
+            "requests_num": self._requests_num,
+            "requests_queued": self._requests_queued,
+            "returns_bad": self._returns_bad,
+            "connections_lost": self._connections_lost,
+            "connections_reclaimed": self._connections_reclaimed,
+            "usage_ms": int(self._usage * 1000),
+        }
+
+    def _reset_counters(self):
+        self._requests_num = self._requests_queued = self._returns_bad = 0
+        self._connections_lost = self._connections_reclaimed = 0
+        self._usage = 0.0
+
+    def _slot_states(self):
+        cdef int i
+        return [self._state[i] for i in range(self._cap)]
+
+    def _check_invariants(self):
+        """Raise AssertionError if the ring's invariants do not hold (tests call this)."""
+        cdef int i
+        free = self._free_list()
+        assert len(free) == len(set(free)), "a slot is on the free list twice"
+        idle = [i for i in range(self._cap) if self._state[i] == IDLE]
+        assert sorted(free) == sorted(idle), f"free list {free} != IDLE slots {idle}"
+        assert self._size == sum(1 for i in range(self._cap) if self._state[i] != EMPTY), "size mismatch"
+        assert self._nconnecting == sum(1 for i in range(self._cap) if self._state[i] == CONNECTING)
+        assert self._nwaiting == sum(1 for w in self._waiters if (<Waiter>w).state == WAITING)
+
+    # -- policy hooks (overridden by fastpool.pool) --------------------------------------------
+    def _on_miss(self, timeout):
+        raise NotImplementedError
+
+    def _on_return(self, slot, conn):
+        raise NotImplementedError
+
+    def _vet(self, conn, idle):
+        return True
+
+    def _retire(self, slot, conn):
+        raise NotImplementedError
+
+    def _grow(self, slot):
+        raise NotImplementedError
+
+    def _on_checkout(self, slot):
+        pass
+
+    def _on_reclaim(self, slot):
+        pass
+
+
+cdef void *_realloc(void *p, size_t n) except NULL:
+    cdef void *q = PyMem_Realloc(p, n)
+    if q == NULL:
+        raise MemoryError()
+    return q

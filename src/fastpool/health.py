@@ -1,0 +1,101 @@
+"""Is a connection fit to hand out? Decided before every checkout, cheapest test first.
+
+1. Always (in the core, zero cost): the connection is not closed and has not outlived
+   ``max_lifetime``.
+2. ``check="auto"``: a connection returned less than ``HOT_WINDOW`` ago has just proved itself
+   by its last result and is handed out as is. Otherwise its socket is polled without blocking:
+   an idle PostgreSQL connection has nothing to read unless the server hung up (terminated
+   backend, restart) or sent a notification -- a zero-round-trip test. If it is readable, or the
+   connection sat idle longer than ``PING_AFTER``, a real ``SELECT 1`` decides.
+3. ``check="ping"``: always a real round trip. ``check=callable``: the callable decides (raise or
+   return False for a bad connection). ``check=None``: only step 1.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Any, Callable, Optional
+
+#: seconds: a connection used this recently skips the socket poll (HikariCP's "alive bypass
+#: window" idea, shortened: the poll is cheap, it only must stay off the tight reuse loop).
+HOT_WINDOW = 0.001
+#: seconds idle after which "auto" pays a round trip: long enough that a busy pool never pings,
+#: short enough that a quiet pool's first request after a pause does not meet a dead socket.
+PING_AFTER = 1.0
+
+try:  # gevent's monkey.patch_select() removes select.poll; keep the original if it did
+    _poll = select.poll
+except AttributeError:  # pragma: no cover - depends on monkey-patching order
+    try:
+        from gevent.monkey import get_original
+
+        _poll = get_original("select", "poll")
+    except Exception:
+        _poll = None
+
+_POLL_MASK = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP if _poll else 0
+
+
+def socket_readable(conn: Any) -> bool:
+    """True when the connection's socket has data or a hang-up pending (never blocks)."""
+    fileno = getattr(conn, "fileno", None)
+    if fileno is None or _poll is None:
+        return False
+    try:
+        fd = fileno()
+    except Exception:
+        return True  # a connection that cannot give its socket is not healthy
+    p = _poll()
+    p.register(fd, _POLL_MASK)
+    return bool(p.poll(0))
+
+
+def ping(conn: Any) -> bool:
+    """One round trip (``SELECT 1``) that leaves no transaction behind."""
+    dirty = getattr(conn, "_fastpool_dirty", None)
+    try:
+        autocommit = getattr(conn, "autocommit", None)
+        if autocommit is False:
+            # psycopg2 would open a transaction for the SELECT; autocommit avoids the extra
+            # BEGIN/ROLLBACK round trips and is safe behind PgBouncer in transaction mode.
+            conn.autocommit = True
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+                cur.fetchall()
+            finally:
+                cur.close()
+        finally:
+            if autocommit is False:
+                conn.autocommit = False
+            if dirty is False:
+                conn._fastpool_dirty = False  # the toggle above is ours, not the borrower's
+        return True
+    except Exception:
+        return False
+
+
+def auto_check(conn: Any, idle: float) -> bool:
+    if idle >= PING_AFTER or socket_readable(conn):
+        return ping(conn)
+    return True
+
+
+def make_vet(check: Any) -> "tuple[Optional[Callable[[Any, float], bool]], float]":
+    """(vet function, idle seconds after which it runs) for a ``check`` option value."""
+    if check is None:
+        return None, float("inf")
+    if check == "auto":
+        return auto_check, HOT_WINDOW
+    if check == "ping":
+        return (lambda conn, idle: ping(conn)), 0.0
+    if callable(check):
+        def user_check(conn: Any, idle: float) -> bool:
+            try:
+                return check(conn) is not False
+            except Exception:
+                return False
+
+        return user_check, 0.0
+    raise ValueError(f"check must be 'auto', 'ping', None or a callable, not {check!r}")

@@ -1,0 +1,680 @@
+"""``fastpool.Pool``: the policy around the core ring.
+
+The core (``_core.pyx`` or its twin ``_core_py.py``) owns slots, states, the free list, the
+waiter queue and the clock, and implements ``getconn``/``putconn`` fast paths. This module owns
+every decision: how to connect and when to retry, how long to wait, when a connection is too old
+or too idle, how to reset one, what to log. The core calls back into it only on slow paths:
+
+=================  ======================================================================
+``_on_miss``       no idle connection: wait (thread or greenlet) for a handoff
+``_vet``           a connection idle for a while: health check before hand-out
+``_on_return``     a returned connection that is not clean, too old, or the pool shrank
+``_retire``        close a connection and free its slot
+``_grow``          someone waits and size < max_size: make a connection in the background
+``_on_checkout``   (only with ``leak_timeout``) remember who took the connection
+``_on_reclaim``    a borrowed connection was garbage-collected: say so
+=================  ======================================================================
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+import threading
+import time
+import traceback
+import weakref
+from time import monotonic
+from types import ModuleType
+from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
+
+import psycopg2
+
+from . import _impl, health, reset as _reset
+from .conninfo import ConnInfo, Scrubber, masked_conninfo, validate_conninfo
+from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .tracking import tracked_class
+from .waiting import thread_waiter
+from .workers import Workers
+
+logger = logging.getLogger("fastpool")
+
+#: ``max_lifetime`` is shortened by up to this fraction per connection so that connections made
+#: together (prewarm, a burst) do not all expire in the same maintenance tick.
+LIFETIME_JITTER = 0.05
+#: reconnect backoff: first retry after INITIAL s, doubling up to MAX s, +-JITTER of randomness so
+#: that many processes restarted together do not reconnect in lockstep. The cap keeps recovery
+#: after a server restart within a couple of seconds while still bounding attempts to ~1/s.
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 2.0
+BACKOFF_JITTER = 0.1
+#: seconds between maintenance runs (expiry, max_idle, min_size refill, leak scan).
+MAINTENANCE_INTERVAL = 1.0
+#: libpq connect_timeout (seconds) used when neither conninfo nor kwargs set one: a connect to a
+#: black-holed host must not hold a worker forever.
+DEFAULT_CONNECT_TIMEOUT = 10
+
+_counter = itertools.count(1)
+
+
+def _positive(name: str, value: Any, *, allow_inf: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value > 0 or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+def _check_sizes(min_size: Any, max_size: Any) -> None:
+    _count("min_size", min_size, 0)
+    _count("max_size", max_size, 1)
+    if min_size > max_size:
+        raise ValueError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
+
+
+class _Borrow:
+    """``with pool.connection() as conn``: commit on success, rollback on error, always return."""
+
+    __slots__ = ("_pool", "_timeout", "_conn")
+
+    def __init__(self, pool: "PoolPolicy", timeout: Optional[float]) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    def __enter__(self) -> Any:
+        self._conn = self._pool.getconn(self._timeout)
+        return self._conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if not getattr(conn, "closed", False):
+                if exc_type is None:
+                    conn.commit()  # psycopg2: no round trip when no transaction is open
+                else:
+                    try:
+                        conn.rollback()
+                    except Exception:
+                        pass  # the original error matters more; putconn discards a broken conn
+        finally:
+            self._pool.putconn(conn)
+
+
+class PoolPolicy:
+    """Policy mixin; combined with a core class by :func:`pool_class`. Use ``fastpool.Pool``."""
+
+    _Waiter: Any
+    _core_impl: str
+
+    def __init__(
+        self,
+        conninfo: ConnInfo = "",
+        *,
+        connect: Optional[Callable[..., Any]] = None,
+        kwargs: Optional[Dict[str, Any]] = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 3600.0,
+        max_idle: float = 600.0,
+        reconnect_timeout: float = 300.0,
+        reconnect_failed: Optional[Callable[[Any], None]] = None,
+        configure: Optional[Callable[[Any], None]] = None,
+        reset: Union[str, Callable[[Any], None], None] = "rollback",
+        check: Union[str, Callable[[Any], Any], None] = "auto",
+        leak_timeout: Optional[float] = None,
+        green: Union[str, bool] = "auto",
+        name: Optional[str] = None,
+        open: bool = True,
+        lifo: bool = True,
+    ) -> None:
+        # -- validate everything before touching anything --------------------------------------
+        validate_conninfo(conninfo)
+        if connect is not None and not callable(connect):
+            raise TypeError("connect must be a callable(conninfo, **kwargs) returning a connection")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a dict of connection parameters, not {type(kwargs).__name__}")
+        _check_sizes(min_size, max_size)
+        self._timeout = _positive("timeout", timeout)
+        _count("max_waiting", max_waiting, 0)
+        _positive("max_lifetime", max_lifetime, allow_inf=True)
+        _positive("max_idle", max_idle, allow_inf=True)
+        _positive("reconnect_timeout", reconnect_timeout, allow_inf=True)
+        for opt, fn in (("reconnect_failed", reconnect_failed), ("configure", configure)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{opt} must be a callable or None")
+        _reset.check_mode(reset)
+        vet, check_after = health.make_vet(check)
+        if leak_timeout is not None:
+            _positive("leak_timeout", leak_timeout)
+        if green not in ("auto", True, False):
+            raise ValueError(f"green must be 'auto', True or False, not {green!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError("name must be a str")
+
+        self._conninfo = conninfo
+        self._connect_fn = connect or psycopg2.connect
+        self._kwargs = dict(kwargs or {})
+        if connect is None:
+            # Our own connections record session changes in one flag (see tracking.py).
+            self._kwargs["connection_factory"] = tracked_class(
+                self._kwargs.get("connection_factory") or psycopg2.extensions.connection
+            )
+        if (
+            connect is None
+            and "connect_timeout" not in self._kwargs
+            and not (isinstance(conninfo, str) and "connect_timeout" in conninfo)
+        ):
+            self._kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        self._min = min_size
+        self._max_waiting = max_waiting
+        self._max_lifetime = float(max_lifetime)
+        self._max_idle = float(max_idle)
+        self._reconnect_timeout = float(reconnect_timeout)
+        self._reconnect_failed = reconnect_failed
+        self._configure = configure
+        self._reset_mode = reset
+        self._check_option = check
+        self._vet_fn = vet
+        self._leak_timeout = leak_timeout
+        self._green = green
+        self.name: str = name or f"pool-{next(_counter)}"
+        self._scrubber = Scrubber()
+        self._scrubber.learn(conninfo if isinstance(conninfo, str) else None, self._kwargs)
+
+        self._defaults: Dict[str, Any] = {}
+        self._probes_set = False
+        self._opened = False
+        self._lock = threading.Lock()  # guards the policy's own bookkeeping, never the fast path
+        # stats kept by the policy (the core counts the fast-path ones)
+        self._requests_wait = 0.0
+        self._requests_errors = 0
+        self._connections_num = 0
+        self._connections_time = 0.0
+        self._connections_errors = 0
+        # reconnect backoff state
+        self._fail_since: Optional[float] = None
+        self._next_attempt = 0.0
+        self._delay = 0.0
+        self._probe_in_flight = False
+        self._last_error: Optional[str] = None
+        # leak tracking
+        self._takers: Dict[int, Any] = {}
+        self._warned: Dict[int, Any] = {}
+
+        self._core_setup(max_size, lifo)
+        self._core_configure(
+            check_after,
+            (),
+            "closed",
+            reset == "discard" or callable(reset),
+            leak_timeout is not None,
+        )
+        self._workers = Workers(self.name)
+        if open:
+            self.open()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Start the pool: prewarm ``min_size`` connections in the background."""
+        with self._lock:
+            if self._opened:
+                if self._core_closed():
+                    raise PoolClosed(f"pool {self.name!r} was closed and cannot be reopened")
+                return
+            self._opened = True
+            self._open_core()
+        self._ensure_min()
+        self._workers.schedule(MAINTENANCE_INTERVAL, self._maintain)
+        if wait:
+            self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until ``min_size`` connections are ready; PoolTimeout if not within ``timeout``."""
+        _positive("timeout", timeout)
+        deadline = monotonic() + timeout
+        pause = 0.001
+        while True:
+            if self._core_closed():
+                raise PoolClosed(f"pool {self.name!r} is closed")
+            c = self._counts()
+            if c["size"] - c["connecting"] >= self._min:
+                return
+            left = deadline - monotonic()
+            if left <= 0:
+                raise PoolTimeout(
+                    f"pool {self.name!r} not ready after {timeout:g} s: "
+                    f"{c['size'] - c['connecting']}/{self._min} connections{self._last_error_text()}"
+                )
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: waiters get PoolClosed, idle connections close now, borrowed ones when
+        returned; background threads are given ``timeout`` seconds to finish."""
+        with self._lock:
+            self._opened = True  # a closed pool can never be opened
+        if self._core_closed():
+            return
+        for w in self._close_core():
+            w.wake()
+        for slot, conn in self._take_all_idle():
+            self._retire(slot, conn)
+        self._workers.stop(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._core_closed()
+
+    def __enter__(self) -> "PoolPolicy":
+        if not self._opened:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._opened and not self._core_closed():
+                self._workers.stop(0)
+        except Exception:
+            pass
+
+    # -- borrowing ------------------------------------------------------------------------------
+    def connection(self, timeout: Optional[float] = None) -> _Borrow:
+        """Context manager: a connection, committed on success, rolled back on error, returned."""
+        return _Borrow(self, timeout)
+
+    def _on_miss(self, timeout: Optional[float]) -> Any:
+        """No idle connection could be handed out: queue and wait for a direct handoff."""
+        if self._core_closed():
+            raise PoolClosed(f"pool {self.name!r} is {'closed' if self._opened else 'not open yet'}")
+        if self._dead:
+            self._drain_dead()
+        wait_for = self._timeout if timeout is None else timeout
+        start = monotonic()
+        deadline = start + wait_for
+        while True:
+            waiter, wait = thread_waiter(self._Waiter)
+            r = self._enqueue(waiter, self._max_waiting)
+            if r == 1:  # RETRY: a connection became free between the miss and the enqueue
+                conn = self._try_get()
+                if conn is not None:
+                    return conn
+                continue
+            if r == 2:  # FULL
+                self._requests_errors += 1
+                raise TooManyRequests(
+                    f"pool {self.name!r}: {self._max_waiting} requests already waiting (max_waiting)"
+                )
+            break
+        try:
+            wait(deadline - monotonic())
+        except BaseException:
+            # Cancelled (KeyboardInterrupt, greenlet kill, timeout exception): a connection
+            # handed over meanwhile must go back, not vanish with this caller.
+            conn = self._claim(waiter)
+            if conn is not None:
+                self.putconn(conn)
+            raise
+        conn = self._claim(waiter)
+        if conn is not None:
+            self._requests_wait += monotonic() - start
+            if self._leak_timeout is not None:
+                self._on_checkout(self._slot_for(conn))
+            return conn
+        self._requests_errors += 1
+        if waiter.state == 4:  # CLOSED
+            raise PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
+        c = self._counts()
+        raise PoolTimeout(
+            f"couldn't get a connection after {wait_for:g} s (pool {self.name!r}: "
+            f"size {c['size']}/{c['max']}, {c['idle']} idle, {c['waiting']} waiting)"
+            f"{self._last_error_text()}"
+        )
+
+    # -- health ----------------------------------------------------------------------------------
+    def _vet(self, conn: Any, idle: float) -> bool:
+        return self._vet_fn is None or self._vet_fn(conn, idle)
+
+    # -- return ---------------------------------------------------------------------------------
+    def _on_return(self, slot: int, conn: Any) -> None:
+        """Slow return path: the connection differs from a clean one, or must be retired."""
+        if self._core_closed() or not self._wanted_back(slot):
+            self._retire(slot, conn)
+            return
+        try:
+            ok = _reset.reset_connection(conn, self._defaults, self._reset_mode, self.name)
+        except Exception as exc:
+            logger.warning("pool %r: discarding a connection that failed to reset: %s",
+                           self.name, self._scrubber.scrub(str(exc).strip()))
+            ok = False
+        if not ok:
+            self._count_bad_return()
+            self._retire(slot, conn)
+        elif not self._restore(slot):
+            self._retire(slot, conn)  # closed meanwhile
+
+    def _retire(self, slot: int, conn: Any) -> None:
+        """Close a connection the pool owns (RESERVED slot) and free the slot."""
+        try:
+            conn.close()
+        except Exception:
+            pass
+        self._takers.pop(slot, None)
+        self._release(slot)
+        if not self._core_closed():
+            self._ensure_min()
+
+    # -- growing ----------------------------------------------------------------------------------
+    def _grow(self, slot: int) -> None:
+        self._workers.submit(self._connect_slot, slot)
+
+    def _ensure_min(self) -> None:
+        """Start connections until size reaches min_size (each fills a CONNECTING slot)."""
+        while True:
+            c = self._counts()
+            if c["size"] >= self._min:
+                return
+            slot = self._reserve()
+            if slot < 0:
+                return
+            self._grow(slot)
+
+    def _still_wanted(self) -> bool:
+        c = self._counts()
+        # this slot is one of c["size"]; it is wanted if someone waits or min_size needs it
+        return c["waiting"] > 0 or c["size"] <= self._min
+
+    def _connect_slot(self, slot: int) -> None:
+        """Background: fill one CONNECTING slot, honouring the pool-wide reconnect backoff."""
+        if self._core_closed():
+            self._fill_failed(slot)
+            return
+        now = monotonic()
+        probing = False
+        with self._lock:
+            if self._fail_since is not None:
+                # During a failure streak only one attempt is in flight at a time and it waits
+                # for the backoff: a dead server sees ~1 attempt per delay, not one per slot.
+                if self._probe_in_flight or now < self._next_attempt:
+                    retry_at = max(self._next_attempt, now + 0.01)
+                    self._workers.schedule_at(retry_at, self._connect_slot, slot)
+                    return
+                self._probe_in_flight = probing = True
+        try:
+            conn = self._new_connection()
+        except Exception as exc:
+            self._connect_failed(slot, exc)
+            return
+        finally:
+            if probing:
+                with self._lock:
+                    self._probe_in_flight = False
+        with self._lock:
+            self._fail_since = None
+            self._delay = 0.0
+            self._last_error = None
+        expiry = self._now() + self._max_lifetime * (1.0 - LIFETIME_JITTER * random.random())
+        if not self._fill(slot, conn, expiry):
+            try:
+                conn.close()  # closed meanwhile
+            except Exception:
+                pass
+
+    def _connect_failed(self, slot: int, exc: BaseException) -> None:
+        msg = self._scrubber.scrub(str(exc).strip() or type(exc).__name__)
+        now = monotonic()
+        give_up = False
+        with self._lock:
+            self._connections_errors += 1
+            self._last_error = msg
+            if self._fail_since is None:
+                self._fail_since = now
+            self._delay = BACKOFF_INITIAL if not self._delay else min(self._delay * 2, BACKOFF_MAX)
+            delay = self._delay * (1 + BACKOFF_JITTER * (2 * random.random() - 1))
+            self._next_attempt = now + delay
+            if now - self._fail_since >= self._reconnect_timeout:
+                give_up = True
+                self._fail_since = None
+                self._delay = 0.0
+        logger.warning("pool %r: connection attempt failed: %s", self.name, msg)
+        if give_up or self._core_closed() or not self._still_wanted():
+            self._fill_failed(slot)
+            if give_up:
+                logger.error("pool %r: could not reconnect for %g s; giving up",
+                             self.name, self._reconnect_timeout)
+                if self._reconnect_failed is not None:
+                    try:
+                        self._reconnect_failed(self)
+                    except Exception:
+                        logger.exception("pool %r: reconnect_failed callback raised", self.name)
+            return
+        self._workers.schedule_at(self._next_attempt, self._connect_slot, slot)
+
+    def _new_connection(self) -> Any:
+        conninfo = self._conninfo() if callable(self._conninfo) else self._conninfo
+        if callable(self._conninfo):
+            self._scrubber.learn(conninfo)
+        t0 = monotonic()
+        conn = self._connect_fn(conninfo, **self._kwargs)
+        try:
+            if self._configure is not None:
+                self._configure(conn)
+            status = getattr(conn, "get_transaction_status", None)
+            if status is not None and status() != _reset.IDLE:
+                raise PoolError(
+                    "configure() left the connection inside a transaction; commit or roll back in it"
+                )
+            if not self._probes_set:
+                self._adopt_defaults(conn)
+        except BaseException:
+            try:
+                conn.close()
+            except Exception:
+                pass
+            raise
+        with self._lock:
+            self._connections_num += 1
+            self._connections_time += monotonic() - t0
+        return conn
+
+    def _adopt_defaults(self, conn: Any) -> None:
+        """The first connection tells what a clean connection looks like."""
+        with self._lock:
+            if self._probes_set:
+                return
+            self._defaults = _reset.capture(conn)
+            probes = _reset.probes_for(conn, self._defaults, self._reset_mode is not None)
+            self._core_configure(
+                self._check_after_value(),
+                probes,
+                "closed" if hasattr(conn, "closed") else None,
+                self._reset_mode == "discard" or callable(self._reset_mode),
+                self._leak_timeout is not None,
+            )
+            self._probes_set = True
+
+    def _check_after_value(self) -> float:
+        return health.make_vet(self._check_option)[1]
+
+    def _last_error_text(self) -> str:
+        err = self._last_error
+        return f"; last connection error: {err}" if err else ""
+
+    # -- maintenance -----------------------------------------------------------------------------
+    def _maintain(self) -> None:
+        if self._core_closed():
+            return
+        try:
+            if self._dead:
+                self._drain_dead()
+            now = self._now()
+            for slot, conn in self._take_idle(now, now - self._max_idle, self._min):
+                self._retire(slot, conn)
+            self._ensure_min()
+            if self._leak_timeout is not None:
+                self._scan_leaks(now)
+        finally:
+            self._workers.schedule(self._maintenance_interval(), self._maintain)
+
+    def _maintenance_interval(self) -> float:
+        interval = MAINTENANCE_INTERVAL
+        if self._leak_timeout is not None:
+            interval = min(interval, max(0.05, self._leak_timeout / 2))
+        return min(interval, max(0.05, self._max_idle / 2))
+
+    def _on_checkout(self, slot: int) -> None:
+        # Only with leak_timeout: the stack costs a few microseconds, so it is opt-in.
+        self._takers[slot] = traceback.extract_stack()[:-2]
+
+    def _scan_leaks(self, now: float) -> None:
+        for slot in self._in_use_since(now - self._leak_timeout):
+            stack = self._takers.get(slot)
+            if stack is None or self._warned.get(slot) is stack:
+                continue
+            self._warned[slot] = stack
+            logger.warning(
+                "pool %r: a connection has been checked out for more than %g s (leak_timeout); "
+                "taken at:\n%s", self.name, self._leak_timeout, "".join(traceback.format_list(stack)),
+            )
+
+    def _on_reclaim(self, slot: int) -> None:
+        stack = self._takers.pop(slot, None)
+        where = ("; taken at:\n" + "".join(traceback.format_list(stack))) if stack else ""
+        logger.warning(
+            "pool %r: a connection was garbage-collected without being returned; "
+            "its slot was reclaimed%s", self.name, where,
+        )
+        if not self._core_closed():
+            self._ensure_min()
+
+    # -- administration --------------------------------------------------------------------------
+    def resize(self, min_size: int, max_size: Optional[int] = None) -> None:
+        """Change the bounds. Shrinking closes excess idle connections now and borrowed ones as
+        they come back; growing serves waiters at once."""
+        if max_size is None:
+            max_size = max(min_size, self._counts()["max"])
+        _check_sizes(min_size, max_size)
+        self._min = min_size
+        self._set_max(max_size)
+        for slot, conn in self._take_idle(-math.inf, math.inf, max_size):
+            self._retire(slot, conn)
+        self._ensure_min()
+
+    def check(self) -> None:
+        """Ping every idle connection now; discard and replace the dead ones."""
+        for slot, conn in self._take_all_idle():
+            if health.ping(conn):
+                if not self._restore(slot):
+                    self._retire(slot, conn)
+            else:
+                self._count_lost()
+                self._retire(slot, conn)
+        self._ensure_min()
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, borrowed ones when returned (e.g. after a
+        failover or a credential rotation)."""
+        self._bump_generation()
+        for slot, conn in self._take_all_idle():
+            self._retire(slot, conn)
+        self._ensure_min()
+
+    def _wanted_back(self, slot: int) -> bool:
+        return self._slot_current(slot)
+
+    # -- stats -------------------------------------------------------------------------------------
+    def stats(self) -> Dict[str, int]:
+        """Counters and gauges (names as in psycopg_pool)."""
+        c = self._counts()
+        return {
+            "pool_min": self._min,
+            "pool_max": c["max"],
+            "pool_size": c["size"],
+            "pool_available": c["idle"],
+            "requests_waiting": c["waiting"],
+            "requests_num": c["requests_num"],
+            "requests_queued": c["requests_queued"],
+            "requests_wait_ms": int(self._requests_wait * 1000),
+            "requests_errors": self._requests_errors,
+            "returns_bad": c["returns_bad"],
+            "connections_num": self._connections_num,
+            "connections_ms": int(self._connections_time * 1000),
+            "connections_errors": self._connections_errors,
+            "connections_lost": c["connections_lost"],
+            "connections_reclaimed": c["connections_reclaimed"],
+            "usage_ms": c["usage_ms"],
+        }
+
+    def pop_stats(self) -> Dict[str, int]:
+        """Like stats(), then reset the counters (gauges are not counters and stay)."""
+        out = self.stats()
+        self._reset_counters()
+        with self._lock:
+            self._requests_wait = 0.0
+            self._requests_errors = 0
+            self._connections_num = 0
+            self._connections_time = 0.0
+            self._connections_errors = 0
+        return out
+
+    @property
+    def min_size(self) -> int:
+        return self._min
+
+    @property
+    def max_size(self) -> int:
+        return self._counts()["max"]
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    def __repr__(self) -> str:
+        c = self._counts()
+        conninfo = "<callable>" if callable(self._conninfo) else masked_conninfo(self._conninfo)
+        state = "closed" if self._core_closed() else ("open" if self._opened else "not open")
+        return (
+            f"<fastpool.Pool {self.name!r} {state} conninfo={conninfo!r} size={c['size']}/{c['max']} "
+            f"idle={c['idle']} waiting={c['waiting']} core={self._core_impl}>"
+        )
+
+
+_classes: Dict[str, type] = {}
+
+
+def pool_class(impl: str) -> type:
+    """The Pool class built on the core ``impl`` ("c" or "python"); tests run both."""
+    cls = _classes.get(impl)
+    if cls is None:
+        core = _impl.load(impl)
+        cls = type(
+            "Pool",
+            (PoolPolicy, core.Core),
+            {
+                "__module__": "fastpool",
+                "__doc__": PoolPolicy.__doc__,
+                "misuse_error": PoolError,
+                "_Waiter": core.Waiter,
+                "_core_impl": impl,
+            },
+        )
+        _classes[impl] = cls
+    return cls
+
+
+Pool: Any = pool_class(_impl.impl)
