@@ -457,3 +457,124 @@ def test_close_with_many_waiters(make_pool, app_name, backends):
     pool.putconn(held)
     assert held.closed
     assert wait_until(lambda: backends(app_name) == 0, timeout=5)
+
+
+# --------------------------------------------------------------------------
+# failures under load
+# --------------------------------------------------------------------------
+
+def test_backends_terminated_under_load(make_pool, admin, app_name, backend_pids):
+    """Server kills every pooled backend twice while 12 threads work: only
+    in-flight queries may fail (with a psycopg2 error); the pool never times
+    out and recovers fully."""
+    import psycopg2
+
+    pool = make_pool(min_size=2, max_size=4, timeout=10)
+    pool.wait(timeout=10)
+    stop = threading.Event()
+    pool_errors = []
+    db_errors = []
+    lock = threading.Lock()
+
+    def worker():
+        while not stop.is_set():
+            try:
+                conn = pool.getconn()
+            except BaseException as e:
+                with lock:
+                    pool_errors.append(e)
+                return
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_sleep(0.001)")
+                conn.rollback()
+            except psycopg2.Error as e:
+                with lock:
+                    db_errors.append(e)
+            except BaseException as e:
+                with lock:
+                    pool_errors.append(e)
+            finally:
+                pool.putconn(conn)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(12)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(2):
+            time.sleep(0.3)
+            with admin.cursor() as cur:
+                for pid in backend_pids(app_name):
+                    cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    assert not [t for t in threads if t.is_alive()]
+    assert not pool_errors, pool_errors[:5]
+    assert not any(isinstance(e, fastpool.PoolError) for e in db_errors)
+    st = pool.stats()
+    assert st["connections_lost"] + st["returns_bad"] >= 1, st
+    assert_consistent(pool)
+    take_all(pool, 4)
+
+
+def test_close_while_hammering(make_pool, app_name, backends):
+    pool = make_pool(min_size=2, max_size=3, timeout=5)
+    pool.wait(timeout=10)
+    outcomes = []
+    lock = threading.Lock()
+
+    def worker():
+        try:
+            while True:
+                conn = pool.getconn()
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                    conn.rollback()
+                finally:
+                    pool.putconn(conn)
+        except BaseException as e:
+            with lock:
+                outcomes.append(e)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    pool.close(timeout=2)
+    for t in threads:
+        t.join(5)
+    assert time.monotonic() - t0 < 6
+    assert not [t for t in threads if t.is_alive()], "threads hung after close()"
+    assert len(outcomes) == 8
+    assert all(isinstance(e, fastpool.PoolClosed) for e in outcomes), outcomes
+    assert wait_until(lambda: backends(app_name) == 0, timeout=5), backends(app_name)
+
+
+def test_slow_connect_timed_out_waiter_does_not_lose_connection(make_pool, dsn, backends,
+                                                                app_name):
+    """A connection that was being made for a waiter who gave up goes to
+    the pool, not to the void."""
+    import psycopg2
+
+    def slow_connect(conninfo, **kwargs):
+        time.sleep(0.5)
+        return psycopg2.connect(conninfo, **kwargs)
+
+    pool = make_pool(min_size=0, max_size=1, connect=slow_connect)
+    with pytest.raises(fastpool.PoolTimeout):
+        pool.getconn(timeout=0.1)
+    assert wait_until(lambda: pool.stats()["pool_available"] == 1, timeout=5), pool.stats()
+    t0 = time.monotonic()
+    conn = pool.getconn(timeout=0.3)
+    assert time.monotonic() - t0 < 0.3
+    try:
+        assert select_one(conn) == 1
+    finally:
+        pool.putconn(conn)
+    assert pool.stats()["pool_size"] == 1
+    assert backends(app_name) == 1

@@ -32,11 +32,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
 
 import psycopg2
 
-from . import _impl, health, reset as _reset
+from . import _impl, fork, green as _green, health, reset as _reset
 from .conninfo import ConnInfo, Scrubber, masked_conninfo, validate_conninfo
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .tracking import tracked_class
-from .waiting import thread_waiter
 from .workers import Workers
 
 logger = logging.getLogger("fastpool")
@@ -223,6 +222,7 @@ class PoolPolicy:
             leak_timeout is not None,
         )
         self._workers = Workers(self.name)
+        fork.track(self)
         if open:
             self.open()
 
@@ -293,6 +293,21 @@ class PoolPolicy:
         except Exception:
             pass
 
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (see fork.py): forget and neutralise inherited connections, start
+        over with fresh locks, threads and connections of our own."""
+        inherited = self._reset_after_fork()
+        for conn in inherited:
+            fork.neutralise(conn)
+        self._lock = threading.Lock()
+        self._probe_in_flight = False
+        self._takers.clear()
+        self._warned.clear()
+        self._workers.after_fork_in_child()
+        if self._opened and not self._core_closed():
+            self._ensure_min()
+            self._workers.schedule(MAINTENANCE_INTERVAL, self._maintain)
+
     # -- borrowing ------------------------------------------------------------------------------
     def connection(self, timeout: Optional[float] = None) -> _Borrow:
         """Context manager: a connection, committed on success, rolled back on error, returned."""
@@ -307,8 +322,9 @@ class PoolPolicy:
         wait_for = self._timeout if timeout is None else timeout
         start = monotonic()
         deadline = start + wait_for
+        _green.ensure_wait_callback(self._green)
         while True:
-            waiter, wait = thread_waiter(self._Waiter)
+            waiter, wait = _green.make_waiter(self._Waiter)
             r = self._enqueue(waiter, self._max_waiting)
             if r == 1:  # RETRY: a connection became free between the miss and the enqueue
                 conn = self._try_get()
@@ -466,6 +482,7 @@ class PoolPolicy:
         self._workers.schedule_at(self._next_attempt, self._connect_slot, slot)
 
     def _new_connection(self) -> Any:
+        _green.ensure_wait_callback(self._green)
         conninfo = self._conninfo() if callable(self._conninfo) else self._conninfo
         if callable(self._conninfo):
             self._scrubber.learn(conninfo)
