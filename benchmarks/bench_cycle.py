@@ -425,7 +425,14 @@ def scenario_threads(specs, dsn, cfg, notes) -> dict:
             for name, adapter in adapters.items():
                 if name in hung:
                     continue
+                pop_stats = getattr(adapter.raw, "pop_stats", None)  # fastpool, psycopg_pool
+                if pop_stats is not None:
+                    pop_stats()
                 r = run_threads(adapter, cfg["s3_threads"], seconds)
+                if pop_stats is not None:
+                    st = pop_stats()
+                    r["queued"] = st.get("requests_queued", 0)
+                    r["wait_ms"] = st.get("requests_wait_ms", 0)
                 rounds[name].append(r)
                 if r["hung_threads"]:
                     hung.add(name)
@@ -459,6 +466,9 @@ def scenario_threads(specs, dsn, cfg, notes) -> dict:
             "fairness": min((r["per_thread_min"] / r["per_thread_max"]) if r["per_thread_max"] else 0.0
                             for r in rs),
             "hung_threads": max(r["hung_threads"] for r in rs),
+            # getconn calls that had to wait (only pools with pop_stats() report it)
+            "queued": (sum(r["queued"] for r in rs) if all("queued" in r for r in rs) else None),
+            "rounds_queued": [r.get("queued") for r in rs],
         }
     return results
 
@@ -550,13 +560,15 @@ def report_threads(out: Out, res: dict, cfg: dict) -> None:
         err = f"{r['errors']:,}"
         if r["hung_threads"]:
             err += f" ({r['hung_threads']} threads hung)"
-        rows.append([label(name), f"{r['cycles_per_s']:,.0f}", spread, err,
+        queued = f"{r['queued']:,}" if r.get("queued") is not None else "-"
+        rows.append([label(name), f"{r['cycles_per_s']:,.0f}", spread, err, queued,
                      f"{r['fairness']:.2f}", rel])
-    out.table(["pool", "cycles/s", "rounds", "errors", "fairness", f"vs {ref}"],
-              rows, "lrrrrl")
+    out.table(["pool", "cycles/s", "rounds", "errors", "waited", "fairness", f"vs {ref}"],
+              rows, "lrrrrrl")
     out.line(f"{cfg['s3_rounds']} rounds of {cfg['s3_seconds'] / cfg['s3_rounds']:g} s per pool, "
              "interleaved; cycles/s over all rounds. fairness = least / most cycles done by one "
-             "thread in a round (worst round); 0 means a thread starved.")
+             "thread in a round (worst round); 0 means a thread starved. waited = getconn calls "
+             "that had to queue (from pop_stats(), where the pool has it).")
     for name in order:
         for msg, n in res[name]["error_messages"].items():
             out.line(f"  {label(name)}: {n:,} × {msg}")

@@ -111,9 +111,15 @@ def test_max_size_never_exceeded_under_load(make_pool, app_name, backends):
             with lock:
                 errors.append(e)
 
+    bad_stats = []
+
     def sampler():
         while not stop_sampler.is_set():
             samples.append(backends(app_name))
+            st = pool.stats()
+            if not (0 <= st["pool_available"] <= st["pool_size"] <= max_size
+                    and st["requests_waiting"] >= 0):
+                bad_stats.append(st)
             time.sleep(0.005)
 
     s = threading.Thread(target=sampler, daemon=True)
@@ -126,6 +132,7 @@ def test_max_size_never_exceeded_under_load(make_pool, app_name, backends):
         s.join(5)
     assert not errors, errors[:5]
     assert samples, "sampler took no samples"
+    assert not bad_stats, bad_stats[:3]
     assert max(samples) <= max_size, max(samples)
     assert max_in_use[0] <= max_size
     assert len(pids_seen) <= max_size

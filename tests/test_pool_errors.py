@@ -337,11 +337,27 @@ def _fastpool_warnings(caplog):
 def test_leak_warning_names_taker(make_pool, caplog):
     caplog.set_level(logging.WARNING, logger="fastpool")
     pool = make_pool(min_size=1, max_size=2, leak_timeout=0.3)
+    pool.wait(timeout=10)  # served from the idle list: the fast path
     conn = pool.getconn(timeout=10)
     try:
         found = wait_until(
             lambda: [t for t in _fastpool_warnings(caplog)
                      if "test_leak_warning_names_taker" in t],
+            timeout=3.0)
+        assert found, _fastpool_warnings(caplog) or "no fastpool warning at all"
+    finally:
+        pool.putconn(conn)
+
+
+def test_leak_warning_names_taker_slow_path(make_pool, caplog):
+    """Same, when getconn had to wait for a connection to be made."""
+    caplog.set_level(logging.WARNING, logger="fastpool")
+    pool = make_pool(min_size=0, max_size=2, leak_timeout=0.3)
+    conn = pool.getconn(timeout=10)
+    try:
+        found = wait_until(
+            lambda: [t for t in _fastpool_warnings(caplog)
+                     if "test_leak_warning_names_taker_slow_path" in t],
             timeout=3.0)
         assert found, _fastpool_warnings(caplog) or "no fastpool warning at all"
     finally:

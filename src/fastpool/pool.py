@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -56,6 +57,7 @@ MAINTENANCE_INTERVAL = 1.0
 DEFAULT_CONNECT_TIMEOUT = 10
 
 _counter = itertools.count(1)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _positive(name: str, value: Any, *, allow_inf: bool = False) -> float:
@@ -555,8 +557,12 @@ class PoolPolicy:
         return min(interval, max(0.05, self._max_idle / 2))
 
     def _on_checkout(self, slot: int) -> None:
-        # Only with leak_timeout: the stack costs a few microseconds, so it is opt-in.
-        self._takers[slot] = traceback.extract_stack()[:-2]
+        # Only with leak_timeout: the stack costs a few microseconds, so it is opt-in. fastpool's
+        # own frames are dropped by file, not by count: the compiled core has no Python frame.
+        stack = traceback.extract_stack()
+        while stack and stack[-1].filename.startswith(_PACKAGE_DIR):
+            stack.pop()
+        self._takers[slot] = stack
 
     def _scan_leaks(self, now: float) -> None:
         for slot in self._in_use_since(now - self._leak_timeout):

@@ -1,0 +1,380 @@
+"""fastpool under a REAL Celery worker process with a REAL broker.
+
+Each scenario starts ``python -m celery -A celery_app.tasks worker`` (tests/celery_app/tasks.py)
+in a subprocess, sends 500 tasks that each borrow a pooled connection and run
+``SELECT pg_backend_pid(), pg_sleep(0.005)``, waits for every result, and meanwhile samples
+``pg_stat_activity`` (by the worker pool's unique application_name) every ~50 ms from this
+process:
+
+* ``-P gevent -c 100`` with ``max_size=5``: 100 greenlets share at most 5 connections.
+* ``-P prefork -c 2`` with ``max_size=5``: at most 2 x 5 connections; the parent borrows one
+  connection before forking, and the test checks that no session was shared between processes
+  and that the parent's session survived both children (fork safety).
+
+Broker / result backend: Redis at 127.0.0.1:6379 db 15 when reachable, else kombu's SQLAlchemy
+transport and Celery's database backend on the test PostgreSQL. Force one with
+``FASTPOOL_TEST_CELERY_BROKER=redis|sqla``. The worker is always stopped (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+try:
+    import celery  # noqa: F401
+    from celery import Celery
+    from celery.result import ResultSet
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    pytest.skip(f"celery is not importable ({_exc}); pip install 'fastpool[celery]' to run these tests",
+                allow_module_level=True)
+
+TESTS_DIR = Path(__file__).resolve().parent
+TASK = "celery_app.tasks.query"
+NTASKS = 500
+MAX_SIZE = 5  # as in tests/celery_app/tasks.py
+RESULTS_TIMEOUT = 120.0
+STARTUP_TIMEOUT = 45.0
+STOP_TIMEOUT = 20.0
+SAMPLE_EVERY = 0.05
+REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 15
+
+pytestmark = pytest.mark.slow
+
+
+# --------------------------------------------------------------------------------------------
+# broker selection
+
+
+@dataclass(frozen=True)
+class Transport:
+    kind: str  # "redis" | "sqla"
+    broker: str
+    backend: str
+
+
+def _redis_reachable() -> bool:
+    try:
+        import redis
+    except ImportError:
+        return False
+    try:
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB,
+                             socket_connect_timeout=1, socket_timeout=2)
+        ok = bool(client.ping())
+        client.close()
+        return ok
+    except Exception:
+        return False
+
+
+def _sqlalchemy_url(dsn: str) -> str:
+    from sqlalchemy.engine import URL
+
+    p = psycopg2.extensions.parse_dsn(dsn)
+    url = URL.create(
+        "postgresql+psycopg2",
+        username=p.get("user") or None,
+        password=p.get("password") or None,
+        host=p.get("host") or None,
+        port=int(p["port"]) if p.get("port") else None,
+        database=p.get("dbname") or None,
+    )
+    return url.render_as_string(hide_password=False).split("://", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def transport(dsn: str) -> Transport:
+    wanted = os.environ.get("FASTPOOL_TEST_CELERY_BROKER", "").strip().lower()
+    if wanted not in ("", "redis", "sqla"):
+        raise pytest.UsageError(f"FASTPOOL_TEST_CELERY_BROKER must be redis or sqla, not {wanted!r}")
+    if wanted == "redis" or (not wanted and _redis_reachable()):
+        if not _redis_reachable():
+            pytest.fail(f"FASTPOOL_TEST_CELERY_BROKER=redis but Redis at {REDIS_HOST}:{REDIS_PORT} is unreachable")
+        url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+        return Transport("redis", url, url)
+    pytest.importorskip("sqlalchemy", reason="neither Redis nor SQLAlchemy (for kombu's sqla transport) available")
+    rest = _sqlalchemy_url(dsn)
+    # name the driver: SQLAlchemy 2.1 maps plain postgresql:// to psycopg (3)
+    return Transport("sqla", f"sqla+postgresql+psycopg2://{rest}", f"db+postgresql+psycopg2://{rest}")
+
+
+# --------------------------------------------------------------------------------------------
+# sampling pg_stat_activity from this process
+
+
+class Sampler:
+    """Counts the server backends tagged ``app_name`` every ~50 ms on a thread of its own."""
+
+    def __init__(self, dsn: str, app_name: str) -> None:
+        self._conn = psycopg2.connect(dsn, application_name="fastpool-test-celery-sampler")
+        self._conn.autocommit = True
+        self._app_name = app_name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pg-sampler", daemon=True)
+        self.samples = 0
+        self.peak = 0
+        #: sessions left out of ``peak_others`` (the prefork parent's, known before sampling starts)
+        self.exclude: Set[int] = set()
+        self.peak_others = 0
+        self.seen: Set[int] = set()
+        self.error: Optional[BaseException] = None
+
+    def pids(self) -> Set[int]:
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self._app_name,))
+            return {int(r[0]) for r in cur.fetchall()}
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                pids = self.pids()
+                self.samples += 1
+                self.peak = max(self.peak, len(pids))
+                self.peak_others = max(self.peak_others, len(pids - self.exclude))
+                self.seen |= pids
+                self._stop.wait(SAMPLE_EVERY)
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def close(self) -> None:
+        self.stop()
+        self._conn.close()
+
+
+# --------------------------------------------------------------------------------------------
+# the worker subprocess
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    log_path: Path
+    stopped_cleanly: Optional[bool] = None
+
+    def log(self, tail: int = 80) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "<no worker log>"
+        return "\n".join(lines[-tail:])
+
+    def stop(self) -> None:
+        """SIGTERM (warm shutdown), then SIGKILL to the whole process group after STOP_TIMEOUT."""
+        if self.proc.poll() is not None:
+            self.stopped_cleanly = self.proc.returncode == 0
+            return
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(STOP_TIMEOUT)
+            self.stopped_cleanly = self.proc.returncode == 0
+        except subprocess.TimeoutExpired:
+            self.stopped_cleanly = False
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the worker and its children
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+
+
+def _purge(app: Celery, queue: str) -> None:
+    try:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(queue)
+    except Exception:
+        pass  # nothing to purge (the queue does not exist yet)
+
+
+def _client(transport: Transport, queue: str) -> Celery:
+    app = Celery("fastpool_celery_client", broker=transport.broker, backend=transport.backend,
+                 set_as_current=False)
+    app.conf.update(task_default_queue=queue, result_expires=600)
+    return app
+
+
+@dataclass
+class Outcome:
+    values: List[Any]
+    failures: List[Any] = field(default_factory=list)
+
+
+def _collect(results: ResultSet, timeout: float) -> Outcome:
+    if results.supports_native_join:
+        values = results.join_native(timeout=timeout, propagate=False)
+    else:
+        values = results.join(timeout=timeout, propagate=False, interval=0.05)
+    outcome = Outcome(values=[])
+    for v in values:
+        if isinstance(v, BaseException) or not isinstance(v, (list, tuple)):
+            outcome.failures.append(v)
+        else:
+            outcome.values.append(v)
+    return outcome
+
+
+def _await_gone(sampler: Sampler, timeout: float) -> Set[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = sampler.pids()
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# scenarios
+
+_IMPLS = [os.environ["FASTPOOL_IMPL"]] if os.environ.get("FASTPOOL_IMPL") in ("c", "python") else ["c", "python"]
+SCENARIOS = [
+    pytest.param(kind, conc, impl, id=f"{kind}-c{conc}-{'py' if impl == 'python' else impl}")
+    for kind, conc in (("gevent", 100), ("prefork", 2))
+    for impl in _IMPLS
+]
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Any]:
+    workers: List[Worker] = []
+
+    def start(pool_kind: str, concurrency: int, env: Dict[str, str]) -> Worker:
+        log_path = tmp_path / f"worker-{pool_kind}.log"
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "celery_app.tasks", "worker",
+            "-P", pool_kind, "-c", str(concurrency), "-Q", env["FASTPOOL_CELERY_QUEUE"],
+            "-n", f"fastpool-test-{uuid.uuid4().hex[:8]}@%h",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
+        ]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=TESTS_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        w = Worker(proc, log_path)
+        workers.append(w)
+        return w
+
+    yield start
+    for w in workers:
+        w.stop()
+
+
+@pytest.mark.parametrize("pool_kind, concurrency, impl", SCENARIOS)
+def test_celery_worker(pool_kind: str, concurrency: int, impl: str, transport: Transport, dsn: str,
+                       app_name: str, worker_factory: Any) -> None:
+    if pool_kind == "gevent":
+        pytest.importorskip("gevent", reason="-P gevent needs gevent")
+    if impl == "c":
+        pytest.importorskip("fastpool._core", reason="the compiled core is not built")
+    processes = 1 if pool_kind == "gevent" else concurrency
+    prewarm_parent = pool_kind == "prefork"
+    queue = f"fastpool-test-{uuid.uuid4().hex[:12]}"
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(TESTS_DIR)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
+        FASTPOOL_IMPL=impl,
+        FASTPOOL_CELERY_DSN=dsn,
+        FASTPOOL_CELERY_APP_NAME=app_name,
+        FASTPOOL_CELERY_BROKER=transport.broker,
+        FASTPOOL_CELERY_BACKEND=transport.backend,
+        FASTPOOL_CELERY_QUEUE=queue,
+        FASTPOOL_CELERY_PREWARM="1" if prewarm_parent else "0",
+        PYTHONUNBUFFERED="1",
+    )
+    client = _client(transport, queue)
+    _purge(client, queue)
+    sampler = Sampler(dsn, app_name)
+    t_start = time.monotonic()
+    worker = worker_factory(pool_kind, concurrency, env)
+    try:
+        # 1. the worker is up once a first task comes back
+        try:
+            first = client.send_task(TASK, queue=queue).get(timeout=STARTUP_TIMEOUT)
+        except Exception as exc:
+            pytest.fail(f"worker did not answer within {STARTUP_TIMEOUT:g} s ({exc!r}); "
+                        f"exit code {worker.proc.poll()}; log:\n{worker.log()}")
+        startup = time.monotonic() - t_start
+        # the prefork parent borrowed (and keeps idle) one connection before forking
+        parent_sessions = sampler.pids() - {first[0]} if prewarm_parent else set()
+        if prewarm_parent:
+            assert len(parent_sessions) == 1, f"expected the parent's one prewarm session, saw {parent_sessions}"
+
+        # 2. 500 tasks while sampling pg_stat_activity
+        sampler.exclude = set(parent_sessions)
+        sampler.start()
+        t0 = time.monotonic()
+        sent = ResultSet([client.send_task(TASK, queue=queue) for _ in range(NTASKS)], app=client)
+        t_sent = time.monotonic() - t0
+        outcome = _collect(sent, RESULTS_TIMEOUT)
+        elapsed = time.monotonic() - t0
+        sampler.stop()
+        assert sampler.error is None, f"sampler failed: {sampler.error!r}"
+        still_there = sampler.pids()
+
+        # 3. results
+        assert not outcome.failures, (
+            f"{len(outcome.failures)}/{NTASKS} tasks failed, e.g. {outcome.failures[:3]!r}\n{worker.log()}"
+        )
+        assert len(outcome.values) == NTASKS
+        assert {v[2] for v in outcome.values} == {impl}, "the worker ran another fastpool core"
+        owners: Dict[int, Set[int]] = {}
+        for backend_pid, os_pid, _ in [tuple(first)] + [tuple(v) for v in outcome.values]:
+            owners.setdefault(backend_pid, set()).add(os_pid)
+        shared = {b: o for b, o in owners.items() if len(o) > 1}
+        assert not shared, f"server sessions used by more than one worker process: {shared}"
+        per_process: Dict[int, Set[int]] = {}
+        for backend_pid, o in owners.items():
+            per_process.setdefault(next(iter(o)), set()).add(backend_pid)
+        assert len(per_process) <= processes, f"tasks ran in {len(per_process)} processes"
+        for os_pid, used in per_process.items():
+            assert len(used) <= MAX_SIZE, f"worker process {os_pid} used {len(used)} sessions > max_size"
+        assert parent_sessions.isdisjoint(owners), "a child used the parent's inherited session"
+        assert parent_sessions <= still_there, "the prefork parent's session was ended (by a child?)"
+        unexpected = sampler.seen - set(owners) - parent_sessions
+        assert not unexpected, f"sessions with our application_name that ran no task: {unexpected}"
+        bound = processes * MAX_SIZE
+        assert sampler.peak_others <= bound, f"peak {sampler.peak_others} connections (parent's excluded) > {bound}"
+        assert sampler.peak <= bound + len(parent_sessions), f"peak {sampler.peak} connections in all"
+        assert sampler.samples >= 3, "too few pg_stat_activity samples to trust the peak"
+
+        # 4. shutdown closes every pool (worker_shutdown / worker_process_shutdown)
+        t_stop = time.monotonic()
+        worker.stop()
+        stop_time = time.monotonic() - t_stop
+        left = _await_gone(sampler, 10.0)
+        log = worker.log(400)
+        assert worker.stopped_cleanly, f"worker exit code {worker.proc.returncode}\n{log}"
+        assert not left, f"sessions left after the worker stopped: {left}"
+        assert "worker_shutdown: closed" in log, f"worker_shutdown did not close the pool\n{log}"
+        if pool_kind == "prefork":
+            assert "worker_process_shutdown: closed" in log, f"children did not close their pools\n{log}"
+        print(
+            f"\n[celery {pool_kind} -c {concurrency}, core={impl}, broker={transport.kind}] "
+            f"{NTASKS} tasks OK in {elapsed:.2f} s (sent in {t_sent:.2f} s; {NTASKS / elapsed:.0f} tasks/s); "
+            f"peak {sampler.peak_others} task connections (bound {bound}), {sampler.peak} with the parent's "
+            f"({sampler.samples} samples); "
+            f"sessions per process {sorted(len(s) for s in per_process.values())}; "
+            f"parent sessions {len(parent_sessions)}; startup {startup:.2f} s; stop {stop_time:.2f} s"
+        )
+    finally:
+        worker.stop()
+        sampler.close()
+        _purge(client, queue)
+        client.close()
