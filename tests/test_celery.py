@@ -13,7 +13,11 @@ process:
 
 Broker / result backend: Redis at 127.0.0.1:6379 db 15 when reachable, else kombu's SQLAlchemy
 transport and Celery's database backend on the test PostgreSQL. Force one with
-``FASTPOOL_TEST_CELERY_BROKER=redis|sqla``. The worker is always stopped (SIGTERM, then SIGKILL).
+``FASTPOOL_TEST_CELERY_BROKER=redis|sqla``. With Redis every scenario runs on both cores
+(~30 s); the SQLAlchemy fallback is slow (10-50 tasks/s), so it runs gevent on the C core and
+prefork on the Python core only (~70 s; ``FASTPOOL_TEST_CELERY_ALL=1`` runs all four). Each run
+uses a queue of its own, purged before and after. The worker is always stopped (SIGTERM, then
+SIGKILL to its process group after 20 s), and must close its pools on shutdown.
 """
 
 from __future__ import annotations
@@ -52,6 +56,87 @@ SAMPLE_EVERY = 0.05
 REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 15
 
 pytestmark = pytest.mark.slow
+
+
+# --------------------------------------------------------------------------------------------
+# setup() itself, in this process (no worker)
+
+
+def _receivers(signal: Any) -> int:
+    return sum(1 for key, _ in signal.receivers if str(key[0]).startswith("fastpool.contrib.celery."))
+
+
+def test_import_is_lazy() -> None:
+    code = ("import sys, fastpool, fastpool.contrib.celery; "
+            "assert 'celery' not in sys.modules, 'importing fastpool(.contrib.celery) imported celery'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_setup_idempotent_pools_and_close_all(make_pool: Any) -> None:
+    from celery import signals
+
+    import fastpool.contrib.celery as fc
+
+    app = Celery("fastpool_setup_test", set_as_current=False)
+    fc.setup(app)
+    fc.setup(app, close_timeout=2.0)
+    fc.setup()
+    for sig in (signals.worker_process_init, signals.worker_process_shutdown, signals.worker_shutdown):
+        assert _receivers(sig) == 1, sig
+    with pytest.raises(TypeError):
+        fc.setup(object())
+    with pytest.raises(ValueError):
+        fc.setup(close_timeout=-1)
+
+    pool = make_pool(min_size=1, max_size=2)
+    pool.wait(10)
+    assert pool in fc.pools()
+    fc._on_worker_process_init()  # not forked: a no-op apart from re-ensuring min_size
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    assert fc.close_all(2.0) >= 1
+    assert pool.closed and pool not in fc.pools()
+
+
+_DJANGO_CHECK = """
+import os, sys
+import django
+from django.conf import settings
+from celery import signals
+import fastpool.contrib.celery as fc
+
+signals.task_postrun.send(sender=None, task=None)  # Django not configured: must be a no-op
+fc.setup()
+signals.task_postrun.send(sender=None, task=None)
+settings.configure(DATABASES={"default": {
+    "ENGINE": "django.db.backends.postgresql", "HOST": sys.argv[1], "PORT": sys.argv[2],
+    "USER": sys.argv[3], "NAME": sys.argv[4], "PASSWORD": sys.argv[5], "CONN_MAX_AGE": 0}})
+django.setup()
+from django.db import connection
+
+class Req:
+    is_eager = False
+class Task:
+    request = Req()
+class EagerTask:
+    request = type("R", (), {"is_eager": True})()
+
+connection.ensure_connection()
+signals.task_postrun.send(sender=EagerTask, task=EagerTask)
+assert connection.connection is not None, "an eager task closed the caller's connection"
+signals.task_postrun.send(sender=Task, task=Task)
+assert connection.connection is None, "task_postrun did not close the obsolete connection"
+signals.task_postrun.send(sender=Task, task=Task)  # already closed: harmless
+print("ok")
+"""
+
+
+def test_task_postrun_closes_old_django_connections(dsn: str) -> None:
+    pytest.importorskip("django", reason="Django is not installed")
+    p = psycopg2.extensions.parse_dsn(dsn)
+    args = [p.get("host", ""), p.get("port", ""), p.get("user", ""), p.get("dbname", ""), p.get("password", "")]
+    out = subprocess.run([sys.executable, "-c", _DJANGO_CHECK, *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,6 +330,8 @@ def _await_gone(sampler: Sampler, timeout: float) -> Set[int]:
 # scenarios
 
 _IMPLS = [os.environ["FASTPOOL_IMPL"]] if os.environ.get("FASTPOOL_IMPL") in ("c", "python") else ["c", "python"]
+#: with the slow SQLAlchemy fallback broker only these run (one per pool type, each core once)
+_SQLA_SCENARIOS = {("gevent", "c"), ("prefork", "python")}
 SCENARIOS = [
     pytest.param(kind, conc, impl, id=f"{kind}-c{conc}-{'py' if impl == 'python' else impl}")
     for kind, conc in (("gevent", 100), ("prefork", 2))
@@ -283,6 +370,10 @@ def test_celery_worker(pool_kind: str, concurrency: int, impl: str, transport: T
         pytest.importorskip("gevent", reason="-P gevent needs gevent")
     if impl == "c":
         pytest.importorskip("fastpool._core", reason="the compiled core is not built")
+    if (transport.kind == "sqla" and len(_IMPLS) > 1 and (pool_kind, impl) not in _SQLA_SCENARIOS
+            and not os.environ.get("FASTPOOL_TEST_CELERY_ALL")):
+        pytest.skip("the SQLAlchemy broker fallback runs ~10-50 tasks/s: only gevent on the C core and "
+                    "prefork on the Python core, to stay in the time budget (FASTPOOL_TEST_CELERY_ALL=1: all)")
     processes = 1 if pool_kind == "gevent" else concurrency
     prewarm_parent = pool_kind == "prefork"
     queue = f"fastpool-test-{uuid.uuid4().hex[:12]}"

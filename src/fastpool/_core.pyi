@@ -6,6 +6,7 @@ STATE_NAMES: Tuple[str, ...]
 ENQUEUED: int
 RETRY: int
 FULL: int
+CLOSED_POOL: int
 
 class Waiter:
     state: int

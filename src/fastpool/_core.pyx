@@ -31,7 +31,7 @@ from collections import deque
 
 STATE_NAMES = ("EMPTY", "CONNECTING", "IDLE", "IN_USE", "RESERVED")
 # _enqueue results
-ENQUEUED, RETRY, FULL = 0, 1, 2
+ENQUEUED, RETRY, FULL, CLOSED_POOL = 0, 1, 2, 3
 
 
 cdef inline double _clock() noexcept nogil:
@@ -267,17 +267,24 @@ cdef class Core:
             or self._size > self._max
         )
         if not slow:
-            for probe in self._probes:
-                if probe[2]:
-                    value = PyObject_CallMethodNoArgs(conn, probe[0])
-                else:
-                    value = getattr(conn, <str>probe[0])
-                # identity first: expected values are small ints, None and bools
-                if value is not probe[1] and not PyObject_RichCompareBool(value, probe[1], Py_EQ):
-                    slow = True
-                    break
+            try:
+                for probe in self._probes:
+                    if probe[2]:
+                        value = PyObject_CallMethodNoArgs(conn, probe[0])
+                    else:
+                        value = getattr(conn, <str>probe[0])
+                    # identity first: expected values are small ints, None and bools
+                    if value is not probe[1] and not PyObject_RichCompareBool(value, probe[1], Py_EQ):
+                        slow = True
+                        break
+            except Exception:
+                slow = True  # a probe that fails says the connection is not clean
         if slow:
             self._on_return(slot, conn)
+        elif self._closed:
+            # Probes are Python code: close() may have run meanwhile and already closed the
+            # idle connections, so this one must not go back on the free list.
+            self._retire(slot, conn)
         else:
             w = self._restore_slot(slot, t)
             if w is not None:
@@ -321,7 +328,9 @@ cdef class Core:
     cdef void _forget(self, int slot):
         # Dropping the weakref cannot run a destructor; the connection object itself is held
         # by the caller (or already dead).
-        self._slot_of.pop(self._keys[slot], None)
+        # Only our own entry: after a reclaim, a new connection may live at the same address.
+        if self._slot_of.get(self._keys[slot], -1) == slot:
+            del self._slot_of[self._keys[slot]]
         self._keys[slot] = 0
         self._state[slot] = EMPTY
         self._conns[slot] = None
@@ -408,8 +417,11 @@ cdef class Core:
         return n
 
     def _enqueue(self, Waiter w, int max_waiting):
-        """Queue a waiter: ENQUEUED, RETRY (a connection became free meanwhile) or FULL."""
-        if self._nfree and not self._closed:
+        """Queue a waiter: ENQUEUED, RETRY (a connection became free meanwhile), FULL, or
+        CLOSED_POOL (closed since the caller last looked)."""
+        if self._closed:
+            return CLOSED_POOL
+        if self._nfree:
             return RETRY
         if max_waiting and self._nwaiting >= max_waiting:
             return FULL

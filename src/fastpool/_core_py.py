@@ -52,7 +52,7 @@ STATE_NAMES = ("EMPTY", "CONNECTING", "IDLE", "IN_USE", "RESERVED")
 WAITING, HANDED, DONE, CANCELLED, CLOSED = 0, 1, 2, 3, 4
 
 # _enqueue results.
-ENQUEUED, RETRY, FULL = 0, 1, 2
+ENQUEUED, RETRY, FULL, CLOSED_POOL = 0, 1, 2, 3
 
 INF = math.inf
 
@@ -265,13 +265,16 @@ class Core:
                 or self._size > self._max
             )
         if not slow:
-            for name, expected, is_call in self._probes:
-                value = getattr(conn, name)
-                if is_call:
-                    value = value()
-                if value != expected:
-                    slow = True
-                    break
+            try:
+                for name, expected, is_call in self._probes:
+                    value = getattr(conn, name)
+                    if is_call:
+                        value = value()
+                    if value != expected:
+                        slow = True
+                        break
+            except Exception:
+                slow = True  # a probe that fails says the connection is not clean
         if slow:
             self._on_return(slot, conn)
         elif not self._restore(slot):
@@ -313,7 +316,9 @@ class Core:
             self._grow(s)
 
     def _forget_locked(self, slot: int) -> None:
-        self._slot_of.pop(self._keys[slot], None)
+        # Only our own entry: after a reclaim, a new connection may live at the same address.
+        if self._slot_of.get(self._keys[slot], -1) == slot:
+            del self._slot_of[self._keys[slot]]
         self._keys[slot] = 0
         self._state[slot] = EMPTY
         self._conns[slot] = None
@@ -407,9 +412,12 @@ class Core:
         return n
 
     def _enqueue(self, w: Waiter, max_waiting: int) -> int:
-        """Queue a waiter: ENQUEUED, RETRY (a connection became free meanwhile) or FULL."""
+        """Queue a waiter: ENQUEUED, RETRY (a connection became free meanwhile), FULL, or
+        CLOSED_POOL (closed since the caller last looked)."""
         with self._lock:
-            if self._nfree and not self._closed:
+            if self._closed:
+                return CLOSED_POOL
+            if self._nfree:
                 return RETRY
             if max_waiting and self._nwaiting >= max_waiting:
                 return FULL

@@ -333,6 +333,8 @@ class PoolPolicy:
                 if conn is not None:
                     return conn
                 continue
+            if r == 3:  # CLOSED_POOL: close() ran since the check above
+                raise PoolClosed(f"pool {self.name!r} is closed")
             if r == 2:  # FULL
                 self._requests_errors += 1
                 raise TooManyRequests(
@@ -363,6 +365,23 @@ class PoolPolicy:
             f"size {c['size']}/{c['max']}, {c['idle']} idle, {c['waiting']} waiting)"
             f"{self._last_error_text()}"
         )
+
+    def _return_later(self, conn: Any) -> None:
+        """Return ``conn`` from a context that must not do I/O (a finalizer): the reset and
+        return run on a background worker."""
+        if self._core_closed():
+            try:
+                conn.close()
+            except Exception:
+                pass
+            return
+        self._workers.submit(self._return_quietly, conn)
+
+    def _return_quietly(self, conn: Any) -> None:
+        try:
+            self.putconn(conn)
+        except PoolError:
+            pass  # already returned, or not ours any more: nothing to give back
 
     # -- health ----------------------------------------------------------------------------------
     def _vet(self, conn: Any, idle: float) -> bool:

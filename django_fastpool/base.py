@@ -1,0 +1,265 @@
+"""``ENGINE: "django_fastpool"``: Django's PostgreSQL backend (psycopg2) over a fastpool Pool.
+
+What changes compared with ``django.db.backends.postgresql``:
+
+* ``get_new_connection`` takes a connection from the alias's pool instead of connecting, and
+  ``_close`` gives it back (``connection.close()``, ``close_old_connections`` at the start and end
+  of every request, ``connections.close_all()``).
+* The connection goes back at the end of every request whatever ``CONN_MAX_AGE`` says: the
+  pool's ``max_lifetime`` governs how long a server connection lives (one warning if
+  ``CONN_MAX_AGE`` is set).
+* A thread or greenlet that ends without closing its connection does not leak it: when its
+  ``DatabaseWrapper`` is garbage-collected the connection goes back to the pool.
+* Per-physical-connection setup (JSONB loader, time zone, ``assume_role``, isolation level) runs
+  once, in the pool's ``configure`` hook, not on every request.
+
+Settings::
+
+    DATABASES = {"default": {"ENGINE": "django_fastpool", "NAME": ..., "USER": ...,
+                             "OPTIONS": {"pool": {"min_size": 2, "max_size": 10}}}}
+
+``OPTIONS["pool"]`` takes the option names of Django 5.1's native pool and of
+:class:`fastpool.Pool` (``min_size``, ``max_size``, ``timeout``, ``max_lifetime``, ``max_idle``,
+``max_waiting``, ``reconnect_timeout``, ``reset``, ``check``, ``leak_timeout``, ``green``, ...);
+``True`` or absent means the defaults. ``connection.pool`` is the alias's Pool (for ``stats()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import weakref
+from typing import Any, Dict, Optional, Tuple
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+def _import_postgresql_backend_on_psycopg2() -> None:
+    """Make Django's PostgreSQL backend pick psycopg2 even if psycopg 3 is installed.
+
+    Django chooses the driver once, when ``psycopg_any`` is first imported: psycopg 3 if it can
+    be imported. fastpool pools psycopg2 connections, so hide psycopg 3 for that one import.
+    Code elsewhere in the process can still import and use psycopg 3.
+    """
+    chosen = sys.modules.get("django.db.backends.postgresql.psycopg_any")
+    if chosen is not None:
+        if chosen.is_psycopg3:
+            raise ImproperlyConfigured(
+                "django_fastpool needs Django's PostgreSQL backend on psycopg2, but psycopg 3 was "
+                "already selected (another PostgreSQL database or django.contrib.postgres was "
+                "loaded first). Import django_fastpool earlier or uninstall psycopg 3."
+            )
+        return
+    missing = object()
+    saved = sys.modules.get("psycopg", missing)
+    sys.modules["psycopg"] = None  # type: ignore[assignment]  # makes `import psycopg` fail
+    try:
+        import django.db.backends.postgresql.psycopg_any  # noqa: F401
+    finally:
+        if saved is missing:
+            del sys.modules["psycopg"]
+        else:
+            sys.modules["psycopg"] = saved  # type: ignore[assignment]
+
+
+_import_postgresql_backend_on_psycopg2()
+
+import psycopg2.extras  # noqa: E402
+from django.db import DEFAULT_DB_ALIAS  # noqa: E402
+from django.db.backends.postgresql import base as pg_base  # noqa: E402
+from django.db.backends.postgresql.creation import DatabaseCreation as PgDatabaseCreation  # noqa: E402
+from django.db.backends.postgresql.psycopg_any import IsolationLevel  # noqa: E402
+from django.db.backends.utils import CursorWrapper  # noqa: E402,F401
+
+import fastpool  # noqa: E402
+
+logger = logging.getLogger("django_fastpool")
+
+NO_DB_ALIAS = "__no_db__"  # Django's alias for its maintenance ("postgres" db) connection
+
+_warned_max_age: set = set()
+
+
+class DatabaseCreation(PgDatabaseCreation):
+    """Closes the alias's pool around test-database creation, cloning and destruction: pooled
+    connections to the test database would otherwise block CREATE ... TEMPLATE and DROP."""
+
+    def create_test_db(self, *args: Any, **kwargs: Any) -> Any:
+        self.connection.close_pool()
+        return super().create_test_db(*args, **kwargs)
+
+    def _clone_test_db(self, *args: Any, **kwargs: Any) -> Any:
+        self.connection.close_pool()
+        return super()._clone_test_db(*args, **kwargs)
+
+    def destroy_test_db(self, *args: Any, **kwargs: Any) -> Any:
+        self.connection.close_pool()
+        return super().destroy_test_db(*args, **kwargs)
+
+
+def _return_orphan(pool_ref: "weakref.ref[Any]", conn: Any) -> None:
+    """Finalizer of a DatabaseWrapper whose thread/greenlet ended without closing its connection."""
+    pool = pool_ref()
+    if pool is None:
+        return
+    pool._return_later(conn)
+
+
+class DatabaseWrapper(pg_base.DatabaseWrapper):
+    creation_class = DatabaseCreation
+
+    # alias -> (fingerprint of connection settings, Pool); one pool per alias per process
+    # (fastpool resets pools in forked children by itself).
+    _fastpools: Dict[str, Tuple[Any, Any]] = {}
+    _fastpools_lock = threading.Lock()
+
+    def __init__(self, settings_dict: Dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
+        # Keep OPTIONS["pool"] away from Django's psycopg2 code (which rejects it) and from
+        # psycopg2.connect(): a private copy of OPTIONS without it.
+        options = dict(settings_dict.get("OPTIONS") or {})
+        pool_options = options.pop("pool", True)
+        if pool_options is True or pool_options is None:
+            pool_options = {}
+        if pool_options is False:
+            raise ImproperlyConfigured(
+                f"database {alias!r}: django_fastpool always pools; use ENGINE "
+                "'django.db.backends.postgresql' for unpooled connections"
+            )
+        if not isinstance(pool_options, dict):
+            raise ImproperlyConfigured(
+                f"database {alias!r}: OPTIONS['pool'] must be True or a dict of pool options"
+            )
+        settings_dict = {**settings_dict, "OPTIONS": options}
+        super().__init__(settings_dict, alias)
+        self._fastpool_options = dict(pool_options)
+        self._fastpool_finalizer: Optional[weakref.finalize] = None
+        self._fastpool_owner: Any = None
+        max_age = settings_dict.get("CONN_MAX_AGE", 0)
+        if max_age and alias != NO_DB_ALIAS and alias not in _warned_max_age:
+            _warned_max_age.add(alias)
+            logger.warning(
+                "database %r: CONN_MAX_AGE=%r is ignored by django_fastpool: connections go back "
+                "to the pool after every request and the pool's max_lifetime (%s s) decides how "
+                "long a server connection lives",
+                alias, max_age, pool_options.get("max_lifetime", 3600.0),
+            )
+
+    # -- the pool ------------------------------------------------------------------------------
+    @property
+    def pool(self) -> Any:
+        """This alias's fastpool Pool in this process (None for Django's maintenance alias)."""
+        if self.alias == NO_DB_ALIAS:
+            return None
+        return self._pool_for(self.get_connection_params())
+
+    def _pool_for(self, conn_params: Dict[str, Any]) -> Any:
+        isolation = self.settings_dict["OPTIONS"].get("isolation_level")
+        role = self.settings_dict["OPTIONS"].get("assume_role")
+        timezone_name = self.timezone_name
+        # Anything that shapes a physical connection; when it changes (test database name,
+        # TIME_ZONE in tests) the old pool is closed and a new one made. Never logged.
+        fingerprint = (sorted((k, repr(v)) for k, v in conn_params.items()), isolation, role, timezone_name,
+                       sorted((k, repr(v)) for k, v in self._fastpool_options.items()))
+        entry = self._fastpools.get(self.alias)
+        if entry is not None and entry[0] == fingerprint:
+            return entry[1]
+        with self._fastpools_lock:
+            entry = self._fastpools.get(self.alias)
+            if entry is not None and entry[0] == fingerprint:
+                return entry[1]
+            pool = fastpool.Pool(
+                kwargs=conn_params,
+                configure=_make_configure(isolation, role, timezone_name, self.ops),
+                name=f"django:{self.alias}",
+                **{"min_size": 0, **self._fastpool_options},
+            )
+            self._fastpools[self.alias] = (fingerprint, pool)
+        if entry is not None:
+            entry[1].close()
+        return pool
+
+    def close_pool(self) -> None:
+        """Close this alias's pool in this process (Django 5.1's name)."""
+        with self._fastpools_lock:
+            entry = self._fastpools.pop(self.alias, None)
+        if entry is not None:
+            entry[1].close()
+
+    # -- connections ---------------------------------------------------------------------------
+    def get_new_connection(self, conn_params: Dict[str, Any]) -> Any:
+        if self.alias == NO_DB_ALIAS:
+            return super().get_new_connection(conn_params)
+        # As Django's own get_new_connection: self.isolation_level must be set before
+        # _set_autocommit() runs; the connection itself got it in configure().
+        level = self.settings_dict["OPTIONS"].get("isolation_level")
+        if level is None:
+            self.isolation_level = IsolationLevel.READ_COMMITTED
+        else:
+            try:
+                self.isolation_level = IsolationLevel(level)
+            except ValueError:
+                raise ImproperlyConfigured(
+                    f"Invalid transaction isolation level {level} specified. "
+                    f"Use one of the psycopg2.extensions.ISOLATION_LEVEL_* values."
+                ) from None
+        pool = self._pool_for(conn_params)
+        conn = pool.getconn()
+        self._fastpool_owner = pool
+        # If this wrapper is dropped without close() (its thread or greenlet ended), the
+        # finalizer gives the connection back instead of leaving it checked out.
+        self._fastpool_finalizer = weakref.finalize(self, _return_orphan, weakref.ref(pool), conn)
+        return conn
+
+    def init_connection_state(self) -> None:
+        # Django >= 5.1 skips its per-connection configuration when self.pool is set; 4.2
+        # re-checks the time zone (no round trip when configure() already set it).
+        super().init_connection_state()
+
+    def _close(self) -> None:
+        if self.connection is None:
+            return
+        conn, pool = self.connection, self._fastpool_owner
+        if self._fastpool_finalizer is not None:
+            self._fastpool_finalizer.detach()
+            self._fastpool_finalizer = None
+        self._fastpool_owner = None
+        if pool is None:  # the maintenance alias: a plain connection
+            with self.wrap_database_errors:
+                return conn.close()
+        # The wrapper must never touch a connection it gave back, even inside an atomic block.
+        self.connection = None
+        with self.wrap_database_errors:
+            pool.putconn(conn)
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        """Called at the start and end of every request: give the connection back to the pool
+        (which resets it); outside an atomic block only, as Django's close() requires."""
+        if self.connection is not None:
+            self.health_check_done = False
+            if not self.in_atomic_block:
+                self.close()
+
+    def close_if_health_check_failed(self) -> None:
+        if self.alias == NO_DB_ALIAS:
+            return super().close_if_health_check_failed()
+        # The pool vets a connection before handing it out.
+
+
+def _make_configure(isolation: Any, role: Optional[str], timezone_name: Optional[str], ops: Any) -> Any:
+    """The pool's configure hook: what Django does once per physical connection."""
+
+    def configure(conn: Any) -> None:
+        if isolation is not None:
+            conn.isolation_level = IsolationLevel(isolation)
+        # As Django: skip psycopg2's JSON decode -> json.dumps -> json.loads round trip.
+        psycopg2.extras.register_default_jsonb(conn_or_curs=conn, loads=lambda x: x)
+        with conn.cursor() as cur:
+            if timezone_name and conn.get_parameter_status("TimeZone") != timezone_name:
+                cur.execute(ops.set_time_zone_sql(), [timezone_name])
+            if role:
+                cur.execute("SET ROLE %s", [role])
+        if not conn.autocommit:
+            conn.commit()
+
+    return configure
