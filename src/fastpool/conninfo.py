@@ -38,6 +38,19 @@ def masked_conninfo(conninfo: str) -> str:
     return " ".join(f"{k}={_quote(v)}" for k, v in params.items())
 
 
+def describe(conninfo: Any, kwargs: Optional[Dict[str, Any]] = None) -> str:
+    """conninfo plus the libpq parameters among ``kwargs``, password masked, for reprs/logs."""
+    if callable(conninfo):
+        text = "<callable>"
+    else:
+        text = masked_conninfo(conninfo)
+    extra = []
+    for k, v in (kwargs or {}).items():
+        if isinstance(v, (str, int)) and not isinstance(v, bool):
+            extra.append(f"{k}={MASK if k == 'password' else _quote(str(v))}")
+    return " ".join(p for p in [text, *extra] if p)
+
+
 def _quote(value: str) -> str:
     if value and not re.search(r"[\s'\\]", value):
         return value

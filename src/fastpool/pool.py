@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
 import psycopg2
 
 from . import _impl, fork, green as _green, health, reset as _reset
-from .conninfo import ConnInfo, Scrubber, masked_conninfo, validate_conninfo
+from .conninfo import ConnInfo, Scrubber, describe, validate_conninfo
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .tracking import tracked_class
 from .workers import Workers
@@ -688,8 +688,8 @@ class PoolPolicy:
 
     def __repr__(self) -> str:
         c = self._counts()
-        conninfo = "<callable>" if callable(self._conninfo) else masked_conninfo(self._conninfo)
-        state = "closed" if self._core_closed() else ("open" if self._opened else "not open")
+        conninfo = describe(self._conninfo, self._kwargs)
+        state = "not open" if not self._opened else ("closed" if self._core_closed() else "open")
         return (
             f"<fastpool.Pool {self.name!r} {state} conninfo={conninfo!r} size={c['size']}/{c['max']} "
             f"idle={c['idle']} waiting={c['waiting']} core={self._core_impl}>"
