@@ -290,6 +290,21 @@ def _purge(app: Celery, queue: str) -> None:
         pass  # nothing to purge (the queue does not exist yet)
 
 
+def _forget_queue(transport: Transport, queue: str) -> None:
+    """Drop what kombu leaves in Redis db 15 for a queue used once (its exchange bindings)."""
+    if transport.kind != "redis":
+        return
+    try:
+        import redis
+
+        r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, socket_connect_timeout=1)
+        r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        r.zrem("_kombu.binding_deadlines", queue)
+        r.close()
+    except Exception:
+        pass
+
+
 def _client(transport: Transport, queue: str) -> Celery:
     app = Celery("fastpool_celery_client", broker=transport.broker, backend=transport.backend,
                  set_as_current=False)
@@ -469,3 +484,4 @@ def test_celery_worker(pool_kind: str, concurrency: int, impl: str, transport: T
         sampler.close()
         _purge(client, queue)
         client.close()
+        _forget_queue(transport, queue)

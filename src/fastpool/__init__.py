@@ -1,6 +1,43 @@
-"""fastpool: a fast, bounded, greenlet-safe PostgreSQL connection pool for psycopg2."""
+"""fastpool: a fast, bounded, greenlet-safe PostgreSQL connection pool for psycopg2.
+
+The package is also a PEP 249 (DB-API 2.0) module over process-wide pools::
+
+    import fastpool as db
+    con = db.connect("dbname=app", max_size=5)   # pooled; con.close() returns it
+"""
 
 from ._impl import impl as __impl__
+from .dbapi import (
+    BINARY,
+    DATETIME,
+    NUMBER,
+    ROWID,
+    STRING,
+    Binary,
+    DatabaseError,
+    DataError,
+    Date,
+    DateFromTicks,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    PooledConnection,
+    ProgrammingError,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+    Warning,
+    apilevel,
+    close_all,
+    connect,
+    paramstyle,
+    pool_for,
+    threadsafety,
+)
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .pool import Pool, pool_class
 
@@ -15,4 +52,34 @@ __all__ = [
     "pool_class",
     "__impl__",
     "__version__",
+    # PEP 249
+    "apilevel",
+    "threadsafety",
+    "paramstyle",
+    "connect",
+    "pool_for",
+    "close_all",
+    "PooledConnection",
+    "Warning",
+    "Error",
+    "InterfaceError",
+    "DatabaseError",
+    "DataError",
+    "OperationalError",
+    "IntegrityError",
+    "InternalError",
+    "ProgrammingError",
+    "NotSupportedError",
+    "STRING",
+    "BINARY",
+    "NUMBER",
+    "DATETIME",
+    "ROWID",
+    "Date",
+    "Time",
+    "Timestamp",
+    "DateFromTicks",
+    "TimeFromTicks",
+    "TimestampFromTicks",
+    "Binary",
 ]

@@ -1,0 +1,218 @@
+"""fastpool as a PEP 249 (DB-API 2.0) module: ``import fastpool as db; db.connect(...)``.
+
+``connect()`` returns a pooled connection: a thin wrapper around a psycopg2 connection taken from
+a process-wide pool, one per (connection parameters, pool options). ``close()`` gives it back
+(and closes the cursors it made, so none can run on a connection that belongs to someone else
+now). Everything else -- cursors, commit/rollback, autocommit, ``with conn:``, the exception
+classes as connection attributes -- is psycopg2's own, so ``except psycopg2.Error`` keeps
+working. Any use after ``close()`` raises ``InterfaceError``. A pooled connection dropped without
+``close()`` goes back to the pool when it is garbage-collected.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, Dict, Optional, Tuple
+
+import psycopg2
+from psycopg2 import (  # noqa: F401  (re-exported: the same classes as psycopg2's)
+    BINARY,
+    DATETIME,
+    NUMBER,
+    ROWID,
+    STRING,
+    Binary,
+    DatabaseError,
+    DataError,
+    Date,
+    DateFromTicks,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+    Warning,
+)
+from psycopg2.extensions import make_dsn
+
+apilevel = "2.0"
+#: as psycopg2: threads may share the module and connections (not cursors).
+threadsafety = 2
+paramstyle = "pyformat"
+
+#: Pool keyword arguments; every other keyword of connect() is a connection parameter.
+POOL_OPTIONS = frozenset(
+    {
+        "min_size", "max_size", "timeout", "max_waiting", "max_lifetime", "max_idle",
+        "reconnect_timeout", "reconnect_failed", "configure", "reset", "check", "leak_timeout",
+        "green", "name", "lifo",
+    }
+)
+
+_pools: Dict[Tuple[Any, ...], Any] = {}
+_pools_lock = threading.Lock()
+
+
+def _split(dsn: Optional[str], kwargs: Dict[str, Any]) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+    pool_options = {k: v for k, v in kwargs.items() if k in POOL_OPTIONS}
+    params = {k: v for k, v in kwargs.items() if k not in POOL_OPTIONS}
+    # psycopg2.connect() semantics: keyword parameters are merged into the dsn; factories stay
+    # keyword arguments of the connect call.
+    connect_kwargs = {k: params.pop(k) for k in ("connection_factory", "cursor_factory") if k in params}
+    return make_dsn(dsn or "", **params), connect_kwargs, pool_options
+
+
+def _key(dsn: str, connect_kwargs: Dict[str, Any], pool_options: Dict[str, Any]) -> Tuple[Any, ...]:
+    def freeze(d: Dict[str, Any]) -> Tuple[Any, ...]:
+        return tuple(sorted((k, v if _hashable(v) else id(v)) for k, v in d.items()))
+
+    return (dsn, freeze(connect_kwargs), freeze(pool_options))
+
+
+def _hashable(v: Any) -> bool:
+    try:
+        hash(v)
+    except TypeError:
+        return False
+    return True
+
+
+def pool_for(dsn: Optional[str] = None, **kwargs: Any) -> Any:
+    """The process-wide Pool that ``connect(dsn, **kwargs)`` draws from (created on first use)."""
+    from .pool import Pool
+
+    dsn_, connect_kwargs, pool_options = _split(dsn, kwargs)
+    key = _key(dsn_, connect_kwargs, pool_options)
+    pool = _pools.get(key)
+    if pool is None or pool.closed:
+        with _pools_lock:
+            pool = _pools.get(key)
+            if pool is None or pool.closed:
+                pool_options.setdefault("min_size", 0)
+                pool = Pool(dsn_, kwargs=connect_kwargs or None, **pool_options)
+                _pools[key] = pool
+    return pool
+
+
+def connect(dsn: Optional[str] = None, **kwargs: Any) -> "PooledConnection":
+    """A pooled psycopg2 connection; ``close()`` returns it to the pool.
+
+    Keywords that are :class:`fastpool.Pool` options (``max_size``, ``timeout``, ...) configure
+    the pool; all others are connection parameters, as for ``psycopg2.connect``.
+    """
+    pool = pool_for(dsn, **kwargs)
+    timeout = kwargs.get("timeout")
+    return PooledConnection(pool, pool.getconn(timeout))
+
+
+def close_all() -> None:
+    """Close every pool made by connect()/pool_for() in this process."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for p in pools:
+        p.close()
+
+
+class PooledConnection:
+    """A psycopg2 connection on loan from a pool (see the module docstring)."""
+
+    __slots__ = ("_pool", "_conn", "_cursors", "__weakref__")
+
+    def __init__(self, pool: Any, conn: Any) -> None:
+        object.__setattr__(self, "_pool", pool)
+        object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_cursors", weakref.WeakSet())
+
+    def _live(self) -> Any:
+        conn = self._conn
+        if conn is None:
+            raise InterfaceError("connection already closed (returned to its pool)")
+        return conn
+
+    # -- PEP 249 -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Give the connection back to the pool. Idempotent."""
+        conn = self._conn
+        if conn is None:
+            return
+        object.__setattr__(self, "_conn", None)
+        self._close_cursors()
+        self._pool.putconn(conn)
+
+    def _close_cursors(self) -> None:
+        for cur in list(self._cursors):
+            try:
+                cur.close()
+            except Exception:
+                pass
+
+    def commit(self) -> None:
+        self._live().commit()
+
+    def rollback(self) -> None:
+        self._live().rollback()
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        cur = self._live().cursor(*args, **kwargs)
+        self._cursors.add(cur)
+        return cur
+
+    @property
+    def closed(self) -> int:
+        """Non-zero once closed (returned), like psycopg2's ``closed``."""
+        conn = self._conn
+        return 1 if conn is None else conn.closed
+
+    @property
+    def autocommit(self) -> bool:
+        return self._live().autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        self._live().autocommit = value
+
+    @property
+    def pool(self) -> Any:
+        return self._pool
+
+    def __enter__(self) -> "PooledConnection":
+        self._live()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # As psycopg2: end the transaction, keep the connection open.
+        conn = self._live()
+        if exc_type is None:
+            conn.commit()
+        else:
+            conn.rollback()
+
+    # -- everything else is psycopg2's ----------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._live(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("autocommit",):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._live(), name, value)
+
+    def __del__(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            # Dropped without close(): close its cursors and return it from a worker (a
+            # finalizer must not do network I/O itself).
+            self._close_cursors()
+            self._pool._return_later(conn)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else "open"
+        return f"<fastpool.PooledConnection {state} pool={self._pool.name!r}>"

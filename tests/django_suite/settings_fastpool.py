@@ -1,0 +1,18 @@
+"""Django test-suite settings: both aliases on ``ENGINE: "django_fastpool"`` (psycopg2 + fastpool).
+
+Used by tests/django_suite/run.sh; see fastpool_suite_db.py for where the server comes from.
+``FASTPOOL_DJANGO_NAME`` (default ``django_fp``) names the test databases ``test_<NAME>`` and
+``test_<NAME>_other``.
+"""
+
+import os
+
+from fastpool_suite_db import COMMON, databases
+
+globals().update(COMMON)
+
+DATABASES = databases(
+    "django_fastpool",
+    os.environ.get("FASTPOOL_DJANGO_NAME", "django_fp"),
+    {"pool": {"max_size": int(os.environ.get("FASTPOOL_DJANGO_POOL_MAX", "4"))}},
+)
