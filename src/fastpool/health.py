@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+import os
 import select
+import socket
+import threading
 from typing import Any, Callable, Optional
 
 #: seconds: a connection used this recently skips the socket poll (HikariCP's "alive bypass
@@ -22,6 +25,13 @@ HOT_WINDOW = 0.001
 #: seconds idle after which "auto" pays a round trip: long enough that a busy pool never pings,
 #: short enough that a quiet pool's first request after a pause does not meet a dead socket.
 PING_AFTER = 1.0
+
+#: seconds a health-check ping or a reset on return may take. A frozen server (SIGSTOP, a hung
+#: host) still ACKs TCP, so nothing else would ever end libpq's wait; past this the socket is
+#: shut down, libpq returns an error and the connection is discarded.
+ROUND_TRIP_TIMEOUT = 5.0
+
+Guard = Callable[[Callable[[Any], Any], Any], Any]
 
 try:  # gevent's monkey.patch_select() removes select.poll; keep the original if it did
     _poll = select.poll
@@ -76,26 +86,82 @@ def ping(conn: Any) -> bool:
         return False
 
 
-def auto_check(conn: Any, idle: float) -> bool:
+def auto_check(conn: Any, idle: float, guard: Guard) -> bool:
     if idle >= PING_AFTER or socket_readable(conn):
-        return ping(conn)
+        return bool(guard(ping, conn))
     return True
 
 
-def make_vet(check: Any) -> "tuple[Optional[Callable[[Any, float], bool]], float]":
-    """(vet function, idle seconds after which it runs) for a ``check`` option value."""
+Vet = Callable[[Any, float, Guard], bool]
+
+
+def make_vet(check: Any) -> "tuple[Optional[Vet], float]":
+    """(vet function, idle seconds after which it runs) for a ``check`` option value. The vet
+    function runs round trips through ``guard`` (a :class:`Watchdog` deadline)."""
     if check is None:
         return None, float("inf")
     if check == "auto":
         return auto_check, HOT_WINDOW
     if check == "ping":
-        return (lambda conn, idle: ping(conn)), 0.0
+        return (lambda conn, idle, guard: bool(guard(ping, conn))), 0.0
     if callable(check):
-        def user_check(conn: Any, idle: float) -> bool:
+        def user_check(conn: Any) -> bool:
             try:
                 return check(conn) is not False
             except Exception:
                 return False
 
-        return user_check, 0.0
+        return (lambda conn, idle, guard: bool(guard(user_check, conn))), 0.0
     raise ValueError(f"check must be 'auto', 'ping', None or a callable, not {check!r}")
+
+
+def shutdown_socket(conn: Any) -> None:
+    """Shut the connection's socket down (both ways) so a blocked libpq call returns."""
+    try:
+        fd = conn.fileno()
+    except Exception:
+        return
+    try:
+        # shutdown() acts on the socket, not the descriptor: a duplicate reaches it without
+        # taking ownership of libpq's descriptor.
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        s.close()
+
+
+class Watchdog:
+    """A deadline on one operation on a connection: if it is still running when the deadline
+    passes, the connection's socket is shut down. ``finish()`` says whether it finished in time
+    (a connection whose watchdog fired is never reused)."""
+
+    __slots__ = ("_lock", "_state", "_conn", "_entry", "_workers")
+
+    RUNNING, DONE, FIRED = 0, 1, 2
+
+    def __init__(self, workers: Any, conn: Any, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._state = self.RUNNING
+        self._conn = conn
+        self._workers = workers
+        self._entry = workers.schedule(seconds, self._fire)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._state != self.RUNNING:
+                return
+            self._state = self.FIRED
+        shutdown_socket(self._conn)
+
+    def finish(self) -> bool:
+        with self._lock:
+            fired = self._state == self.FIRED
+            self._state = self.DONE
+        self._workers.cancel(self._entry)
+        self._conn = None
+        return not fired

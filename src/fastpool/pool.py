@@ -385,7 +385,17 @@ class PoolPolicy:
 
     # -- health ----------------------------------------------------------------------------------
     def _vet(self, conn: Any, idle: float) -> bool:
-        return self._vet_fn is None or self._vet_fn(conn, idle)
+        return self._vet_fn is None or self._vet_fn(conn, idle, self._guarded)
+
+    def _guarded(self, fn: Callable[[Any], Any], conn: Any) -> Any:
+        """``fn(conn)`` under a watchdog: a round trip to a frozen server cannot hang the caller
+        beyond min(ROUND_TRIP_TIMEOUT, timeout). False if the watchdog fired."""
+        dog = health.Watchdog(self._workers, conn, min(health.ROUND_TRIP_TIMEOUT, self._timeout))
+        try:
+            result = fn(conn)
+        finally:
+            in_time = dog.finish()
+        return result if in_time else False
 
     # -- return ---------------------------------------------------------------------------------
     def _on_return(self, slot: int, conn: Any) -> None:
@@ -394,7 +404,9 @@ class PoolPolicy:
             self._retire(slot, conn)
             return
         try:
-            ok = _reset.reset_connection(conn, self._defaults, self._reset_mode, self.name)
+            ok = self._guarded(
+                lambda c: _reset.reset_connection(c, self._defaults, self._reset_mode, self.name), conn
+            )
         except Exception as exc:
             logger.warning("pool %r: discarding a connection that failed to reset: %s",
                            self.name, self._scrubber.scrub(str(exc).strip()))
@@ -620,7 +632,7 @@ class PoolPolicy:
     def check(self) -> None:
         """Ping every idle connection now; discard and replace the dead ones."""
         for slot, conn in self._take_all_idle():
-            if health.ping(conn):
+            if self._guarded(health.ping, conn):
                 if not self._restore(slot):
                     self._retire(slot, conn)
             else:

@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 from time import monotonic
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
 logger = logging.getLogger("fastpool")
 
@@ -28,23 +28,26 @@ class Workers:
         self._name = name
         self._nthreads = nthreads
         self._cond = threading.Condition(threading.Lock())
-        self._heap: List[Tuple[float, int, Callable[..., Any], tuple]] = []
+        # entries are [when, seq, fn, args]; cancel() blanks fn (lazy deletion)
+        self._heap: List[list] = []
         self._seq = itertools.count()
         self._threads: List[threading.Thread] = []
         self._stopping = False
         self._idle = 0
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.schedule_at(0.0, fn, *args)
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Optional[list]:
+        return self.schedule_at(0.0, fn, *args)
 
-    def schedule(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
-        self.schedule_at(monotonic() + delay, fn, *args)
+    def schedule(self, delay: float, fn: Callable[..., Any], *args: Any) -> Optional[list]:
+        return self.schedule_at(monotonic() + delay, fn, *args)
 
-    def schedule_at(self, when: float, fn: Callable[..., Any], *args: Any) -> None:
+    def schedule_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Optional[list]:
+        """Run ``fn(*args)`` at monotonic time ``when``; returns a handle for :meth:`cancel`."""
+        entry = [when, next(self._seq), fn, args]
         with self._cond:
             if self._stopping:
-                return
-            heapq.heappush(self._heap, (when, next(self._seq), fn, args))
+                return None
+            heapq.heappush(self._heap, entry)
             # Start a thread only when every running one is busy: most pools need one.
             if self._idle == 0 and len(self._threads) < self._nthreads:
                 t = threading.Thread(
@@ -52,7 +55,18 @@ class Workers:
                 )
                 self._threads.append(t)
                 t.start()
-            self._cond.notify()
+            # Waking a sleeping thread costs a context switch: needed when this entry is due
+            # now (so bursts of connects run in parallel) or is the new earliest; a sleeper's
+            # timeout already covers every later one (watchdog deadlines, mostly).
+            if when <= monotonic() or self._heap[0] is entry:
+                self._cond.notify()
+        return entry
+
+    def cancel(self, entry: Optional[list]) -> None:
+        """Forget a scheduled call (it stays in the heap, blank, until its time comes)."""
+        if entry is not None:
+            entry[2] = None
+            entry[3] = ()
 
     def _run(self) -> None:
         while True:
@@ -63,6 +77,8 @@ class Workers:
                     t = monotonic()
                     if self._heap and self._heap[0][0] <= t:
                         _, _, fn, args = heapq.heappop(self._heap)
+                        if fn is None:
+                            continue  # cancelled
                         break
                     self._idle += 1
                     try:
