@@ -39,6 +39,7 @@ from .dbapi import (
     threadsafety,
 )
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .metrics import prometheus_text
 from .pool import Pool, pool_class
 
 __version__ = "0.1.0"
@@ -50,6 +51,7 @@ __all__ = [
     "PoolClosed",
     "TooManyRequests",
     "pool_class",
+    "prometheus_text",
     "__impl__",
     "__version__",
     # PEP 249

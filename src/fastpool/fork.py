@@ -16,12 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from typing import Any
+from typing import Any, List, Optional
 
 logger = logging.getLogger("fastpool")
 
 _pools: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _registered = False
+#: the process in which the after-fork reset last ran (None: never, this is not a forked child
+#: or no pool existed yet when it forked)
+last_reset_pid: Optional[int] = None
 
 
 def track(pool: Any) -> None:
@@ -51,7 +54,21 @@ def neutralise(conn: Any) -> None:
         pass
 
 
+def live_pools() -> List[Any]:
+    """The pools of this process that are not closed."""
+    out = []
+    for pool in list(_pools):
+        try:
+            if not pool.closed:
+                out.append(pool)
+        except Exception:  # a half-constructed pool
+            continue
+    return out
+
+
 def _after_fork_in_child() -> None:
+    global last_reset_pid
+    last_reset_pid = os.getpid()
     for pool in list(_pools):
         try:
             pool._after_fork_in_child()

@@ -74,20 +74,11 @@ _UID = "fastpool.contrib.celery."
 _state_lock = threading.Lock()
 _close_timeout = DEFAULT_CLOSE_TIMEOUT
 _setup_pid: Optional[int] = None  # the process where setup() ran (a fresh interpreter sets its own)
-_hook_pid: Optional[int] = None  # the last process in which Python's after-fork hooks ran
-_hook_registered = False
 
 
 def pools() -> List[Any]:
-    """The live (not closed) fastpool pools of this process, oldest first where known."""
-    live = []
-    for pool in list(fork._pools):
-        try:
-            if not pool.closed:
-                live.append(pool)
-        except Exception:  # a half-constructed pool: not ours to judge
-            continue
-    return live
+    """The live (not closed) fastpool pools of this process."""
+    return fork.live_pools()
 
 
 def close_all(timeout: float = DEFAULT_CLOSE_TIMEOUT) -> int:
@@ -107,30 +98,15 @@ def close_all(timeout: float = DEFAULT_CLOSE_TIMEOUT) -> int:
     return closed
 
 
-def _note_fork_in_child() -> None:
-    global _hook_pid
-    _hook_pid = os.getpid()
-
-
 # -- signal handlers -------------------------------------------------------------------------------
 def _on_worker_process_init(**_: Any) -> None:
     pid = os.getpid()
-    live = pools()
-    if live and _hook_registered and _hook_pid != pid and _setup_pid != pid:
+    if pid != _setup_pid and fork.last_reset_pid != pid and pools():
         # Forked, but Python's at-fork hooks did not run in this process (a fork made from C):
-        # the pools still hold the parent's sockets. Reset them now, exactly as the hook would.
-        logger.warning("fastpool: after-fork hooks did not run in worker process %d; resetting %d pool(s)",
-                       pid, len(live))
+        # the pools still hold the parent's sockets. Reset them now, exactly as the hook would
+        # (this also refills min_size).
+        logger.warning("fastpool: after-fork hooks did not run in worker process %d; resetting", pid)
         fork._after_fork_in_child()
-    for pool in live:
-        ensure_min = getattr(pool, "_ensure_min", None)
-        if ensure_min is None or getattr(pool, "_opened", True) is False:
-            continue  # never opened: opening is the application's decision, not ours
-        try:
-            ensure_min()
-        except Exception:
-            logger.exception("fastpool: refilling pool %r in worker process %d failed",
-                             getattr(pool, "name", pool), pid)
 
 
 def _shutdown(signal_name: str) -> None:
@@ -178,7 +154,7 @@ def setup(app: Any = None, *, close_timeout: float = DEFAULT_CLOSE_TIMEOUT) -> N
 
     Raises ImportError with an install hint if Celery is not installed.
     """
-    global _close_timeout, _setup_pid, _hook_registered
+    global _close_timeout, _setup_pid
     if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)) or close_timeout < 0:
         raise ValueError(f"close_timeout must be a number of seconds >= 0, not {close_timeout!r}")
     try:
@@ -194,9 +170,6 @@ def setup(app: Any = None, *, close_timeout: float = DEFAULT_CLOSE_TIMEOUT) -> N
         _close_timeout = float(close_timeout)
         if _setup_pid is None:
             _setup_pid = os.getpid()
-        if not _hook_registered and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_note_fork_in_child)
-            _hook_registered = True
 
     # weak=False: the handlers are module functions, but be explicit that they must live on.
     signals.worker_process_init.connect(_on_worker_process_init, weak=False,

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Run Django's OWN test suite against ENGINE "django_fastpool" (or, for comparison, Django's stock
+# PostgreSQL backend on psycopg2).
+#
+#   tests/django_suite/run.sh [--stock] [--parallel N] [runtests.py options...] [LABEL...]
+#
+# (--settings MODULE runs any other settings module on PYTHONPATH.)
+#
+# * Takes the Django version installed in the current Python (`python`, or $PYTHON), downloads
+#   that version's sdist with pip once into a cache dir ($DJANGO_SUITE_CACHE, default
+#   ${XDG_CACHE_HOME:-$HOME/.cache}/fastpool/django-suite) and extracts it there.
+# * Installs nothing into the environment: the one extra it may need, tblib (tracebacks from
+#   worker processes when --parallel > 1), goes into the cache dir and onto PYTHONPATH.
+# * Runs the sdist's tests/runtests.py with --settings=settings_fastpool (settings_stock with
+#   --stock), --noinput, -v1 and --parallel 2 unless told otherwise; PYTHONPATH has this
+#   directory (settings) and the repo root (django_fastpool).
+# * LABELs default to: backends transactions basic queries select_for_update model_fields
+#   delete update get_or_create.
+#
+# Needs fastpool installed in that Python (pip install -e '.[django]') and a PostgreSQL server:
+# FASTPOOL_TEST_DSN (libpq DSN or URL; its dbname is ignored) or host=127.0.0.1 port=5432
+# user=postgres. The role must be able to CREATE DATABASE. Test databases are test_django_fp*
+# (fastpool) or test_django_stock* (stock); FASTPOOL_DJANGO_NAME overrides the base name.
+# The exit status is runtests.py's.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+
+PYTHON="${PYTHON:-python}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+settings=settings_fastpool
+parallel="${DJANGO_SUITE_PARALLEL:-2}"
+passthrough=()
+labels=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --stock) settings=settings_stock ;;
+        --fastpool) settings=settings_fastpool ;;
+        --settings) settings="$2"; shift ;;
+        --settings=*) settings="${1#--settings=}" ;;
+        --parallel) parallel="$2"; shift ;;
+        --parallel=*) parallel="${1#--parallel=}" ;;
+        -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -*) passthrough+=("$1") ;;
+        *) labels+=("$1") ;;
+    esac
+    shift
+done
+if [ ${#labels[@]} -eq 0 ]; then
+    labels=(backends transactions basic queries select_for_update model_fields delete update get_or_create)
+fi
+
+ver="$("$PYTHON" -c 'import django; print(django.__version__)')" || {
+    echo "django_suite: Django is not installed in $PYTHON (pip install -e '.[django]')" >&2
+    exit 2
+}
+"$PYTHON" -c 'import fastpool, psycopg2' 2>/dev/null || {
+    echo "django_suite: fastpool/psycopg2 not importable from $PYTHON (pip install -e '.[django]')" >&2
+    exit 2
+}
+
+cache="${DJANGO_SUITE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fastpool/django-suite}"
+mkdir -p "$cache"
+
+# 1. The sdist of exactly the installed version (its tests match its code).
+sdist="$(ls "$cache"/[dD]jango-"$ver".tar.gz 2>/dev/null | head -n1 || true)"
+if [ -z "$sdist" ]; then
+    echo "django_suite: downloading the Django $ver sdist into $cache"
+    "$PYTHON" -m pip download --quiet --no-binary :all: --no-deps "django==$ver" -d "$cache"
+    sdist="$(ls "$cache"/[dD]jango-"$ver".tar.gz | head -n1)"
+fi
+
+# 2. Extracted once; a marker file tells a complete extraction from an interrupted one.
+src="$cache/django-$ver"
+if [ ! -f "$src/.extracted" ]; then
+    echo "django_suite: extracting $(basename "$sdist")"
+    tmp="$(mktemp -d "$cache/extract.XXXXXX")"
+    tar -xzf "$sdist" -C "$tmp"
+    top="$(find "$tmp" -mindepth 1 -maxdepth 1 -type d | head -n1)"
+    [ -f "$top/tests/runtests.py" ] || { echo "django_suite: no tests/runtests.py in $sdist" >&2; exit 2; }
+    rm -rf "$src"
+    mv "$top" "$src"
+    rm -rf "$tmp"
+    touch "$src/.extracted"
+fi
+
+# 3. Test requirements: the chosen labels need none of tests/requirements/*.txt beyond Django's own
+#    dependencies (Pillow, numpy, ... only turn skips into runs). tblib is needed only to carry
+#    tracebacks out of worker processes; it goes into the cache, not into the environment.
+pypath="$here:$repo"
+if [ "$parallel" != 1 ]; then
+    pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    deps="$cache/pydeps-py$pyver"
+    if ! PYTHONPATH="$deps" "$PYTHON" -c 'import tblib' 2>/dev/null; then
+        echo "django_suite: installing tblib into $deps"
+        "$PYTHON" -m pip install --quiet --target "$deps" "tblib>=1.5.0"
+    fi
+    pypath="$pypath:$deps"
+fi
+
+# 4. The server must answer before Django's runner starts creating databases.
+PYTHONPATH="$here" "$PYTHON" - <<'EOF'
+import os, sys
+import psycopg2
+from fastpool_suite_db import DEFAULT_DSN
+dsn = os.environ.get("FASTPOOL_TEST_DSN") or DEFAULT_DSN
+try:
+    psycopg2.connect(dsn, dbname="postgres", connect_timeout=5).close()
+except psycopg2.Error as e:
+    print("django_suite: cannot connect to PostgreSQL (set FASTPOOL_TEST_DSN): %s" % str(e).strip(),
+          file=sys.stderr)
+    sys.exit(2)
+EOF
+
+echo "django_suite: Django $ver, $settings, --parallel $parallel, labels: ${labels[*]}"
+cd "$src/tests"
+start=$SECONDS
+rc=0
+PYTHONPATH="$pypath${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" runtests.py \
+    --settings="$settings" --parallel="$parallel" --noinput -v1 \
+    "${passthrough[@]}" "${labels[@]}" </dev/null || rc=$?
+echo "django_suite: $settings finished in $((SECONDS - start))s with exit code $rc"
+exit "$rc"
