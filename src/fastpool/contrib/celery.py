@@ -24,9 +24,9 @@ What each signal handler does, and why
     inherited sockets (so the child can never end the parent's or a sibling's sessions) and
     starts the pool empty. By the time Celery sends this signal that has already happened, so
     the handler only *verifies* it -- if the process was forked without Python's fork hooks
-    running (a fork made from C), it performs the reset itself -- and then re-ensures
-    ``min_size`` so a child with ``min_size > 0`` starts prewarming before its first task.
-    Calling it when the reset already ran is a no-op apart from that idempotent refill.
+    running (a fork made from C), it performs the reset itself. Either way the reset starts
+    refilling ``min_size``, so a child with ``min_size > 0`` prewarms before its first task.
+    When the reset already ran, the handler does nothing.
 
 ``worker_process_shutdown`` (prefork only; runs in each pool child as it exits)
     Closes every live pool of the child, bounded by ``close_timeout``. Billiard ends children
