@@ -40,7 +40,8 @@ from psycopg2 import (  # noqa: F401  (re-exported: the same classes as psycopg2
     TimestampFromTicks,
     Warning,
 )
-from psycopg2.extensions import make_dsn
+from psycopg2.extensions import TRANSACTION_STATUS_INERROR, TRANSACTION_STATUS_INTRANS, make_dsn
+from psycopg2.extensions import cursor as _pg_cursor
 
 apilevel = "2.0"
 #: as psycopg2: threads may share the module and connections (not cursors).
@@ -58,6 +59,27 @@ POOL_OPTIONS = frozenset(
 
 _pools: Dict[Tuple[Any, ...], Any] = {}
 _pools_lock = threading.Lock()
+_cursor_classes: Dict[type, type] = {}
+
+
+def _pooled_cursor_class(base: type) -> type:
+    """``base`` (a psycopg2 cursor class) whose ``connection`` is the PooledConnection, so a
+    cursor cannot reach the raw connection after it went back to the pool."""
+    cls = _cursor_classes.get(base)
+    if cls is None:
+        cls = type(
+            f"Pooled{base.__name__[0].upper()}{base.__name__[1:]}",
+            (base,),
+            {
+                "__slots__": ("_fastpool_connection",),
+                "__module__": __name__,
+                "connection": property(
+                    lambda self: self._fastpool_connection, doc="The PooledConnection that made this cursor."
+                ),
+            },
+        )
+        _cursor_classes[base] = cls
+    return cls
 
 
 def _split(dsn: Optional[str], kwargs: Dict[str, Any]) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
@@ -145,6 +167,13 @@ class PooledConnection:
             return
         object.__setattr__(self, "_conn", None)
         self._close_cursors()
+        try:
+            # PEP 249: closing implies a rollback. Done here, quietly: the pool would do it too,
+            # but it warns, since for a pool a returned open transaction is usually a bug.
+            if conn.get_transaction_status() in (TRANSACTION_STATUS_INTRANS, TRANSACTION_STATUS_INERROR):
+                conn.rollback()
+        except Exception:
+            pass  # a broken connection: putconn discards it
         self._pool.putconn(conn)
 
     def _close_cursors(self) -> None:
@@ -161,7 +190,11 @@ class PooledConnection:
         self._live().rollback()
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        cur = self._live().cursor(*args, **kwargs)
+        conn = self._live()
+        base = kwargs.get("cursor_factory") or conn.cursor_factory or _pg_cursor
+        kwargs["cursor_factory"] = _pooled_cursor_class(base)
+        cur = conn.cursor(*args, **kwargs)
+        cur._fastpool_connection = self
         self._cursors.add(cur)
         return cur
 
