@@ -48,6 +48,7 @@ cdef class Core:
     cdef int _nwaiting
     cdef bint _closed
     cdef long _generation
+    cdef int _ticks
     # policy knobs
     cdef double _check_after
     cdef tuple _probes
@@ -72,5 +73,8 @@ cdef class Core:
     cdef inline void _checkout_slot(self, int slot, double t)
     cdef Waiter _restore_slot(self, int slot, double t)
     cdef void _forget(self, int slot)
+    cdef void _abandon(self, int slot, object conn)
+    cdef int _dispatch_grow(self, list slots) except -1
+    cdef void _unreserve(self, int slot)
     cdef int _reserve_slot(self)
     cdef list _grow_slots(self)

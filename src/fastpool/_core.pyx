@@ -32,6 +32,9 @@ from collections import deque
 STATE_NAMES = ("EMPTY", "CONNECTING", "IDLE", "IN_USE", "RESERVED")
 # _enqueue results
 ENQUEUED, RETRY, FULL, CLOSED_POOL = 0, 1, 2, 3
+#: getconn calls between two _on_tick() policy calls: the policy gets a cheap periodic look at
+#: the world (e.g. monkey-patching that happened after the pool was made) off the hot path.
+DEF TICK_EVERY = 1024
 
 
 cdef inline double _clock() noexcept nogil:
@@ -83,6 +86,7 @@ cdef class Core:
         self._waiters = deque()
         self._dead = deque()
         self._closed = True
+        self._ticks = TICK_EVERY
         self._check_after = INFINITY
         self._probes = ()
         self._alive_attr = None
@@ -190,6 +194,10 @@ cdef class Core:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"getconn(): timeout must be a positive number of seconds, not {timeout!r}")
         self._requests_num += 1
+        self._ticks -= 1
+        if self._ticks <= 0:
+            self._ticks = TICK_EVERY
+            self._on_tick()
         conn = self._try_get_c()
         if conn is None:
             conn = self._on_miss(timeout)
@@ -221,7 +229,12 @@ cdef class Core:
                 continue
             idle = t - self._last_used[slot]
             if idle >= self._check_after:
-                if not self._vet(conn, idle):
+                try:
+                    ok = self._vet(conn, idle)
+                except BaseException:
+                    self._abandon(slot, conn)  # interrupted (KeyboardInterrupt, greenlet kill)
+                    raise
+                if not ok:
                     self._connections_lost += 1
                     self._retire(slot, conn)
                     continue
@@ -279,12 +292,17 @@ cdef class Core:
                         break
             except Exception:
                 slow = True  # a probe that fails says the connection is not clean
-        if slow:
-            self._on_return(slot, conn)
-        elif self._closed:
-            # Probes are Python code: close() may have run meanwhile and already closed the
-            # idle connections, so this one must not go back on the free list.
-            self._retire(slot, conn)
+        if slow or self._closed:
+            # (closed: probes are Python code; close() may have run meanwhile and already
+            # closed the idle connections, so this one must not go back on the free list.)
+            try:
+                if slow:
+                    self._on_return(slot, conn)
+                else:
+                    self._retire(slot, conn)
+            except BaseException:
+                self._abandon(slot, conn)
+                raise
         else:
             w = self._restore_slot(slot, t)
             if w is not None:
@@ -322,8 +340,36 @@ cdef class Core:
     def _release(self, int slot):
         """RESERVED -> EMPTY: the policy closed (or lost) this slot's connection."""
         self._forget(slot)
-        for s in self._grow_slots():
-            self._grow(s)
+        self._dispatch_grow(self._grow_slots())
+
+    cdef void _abandon(self, int slot, object conn):
+        # A policy hook raised (even KeyboardInterrupt or GreenletExit) while the slot was ours:
+        # close the connection and free the slot, so an interrupted caller never strands it.
+        try:
+            self._retire(slot, conn)
+        except BaseException:
+            pass
+        if self._state[slot] == RESERVED and self._held(slot) is conn:
+            self._forget(slot)
+
+    cdef int _dispatch_grow(self, list slots) except -1:
+        # Hand each reserved CONNECTING slot to the policy; if that is interrupted, the slots
+        # not yet handed over go back to EMPTY instead of staying reserved for ever.
+        cdef Py_ssize_t i = 0, j
+        try:
+            for i in range(len(slots)):
+                self._grow(slots[i])
+        except BaseException:
+            for j in range(i, len(slots)):
+                self._unreserve(<int>slots[j])
+            raise
+        return 0
+
+    cdef void _unreserve(self, int slot):
+        if self._state[slot] == CONNECTING:
+            self._nconnecting -= 1
+            self._state[slot] = EMPTY
+            self._size -= 1
 
     cdef void _forget(self, int slot):
         # Dropping the weakref cannot run a destructor; the connection object itself is held
@@ -376,6 +422,8 @@ cdef class Core:
             wref = weakref.ref(conn, _DeadCallback(self._dead, slot))
         except TypeError:
             wref = None  # not weak-referenceable: no reclaim for this connection type
+        if self._state[slot] != CONNECTING:
+            return False  # un-reserved meanwhile (an interrupted grow): caller closes conn
         self._nconnecting -= 1
         if self._closed:
             self._state[slot] = EMPTY
@@ -394,9 +442,7 @@ cdef class Core:
 
     def _fill_failed(self, int slot):
         """CONNECTING -> EMPTY after a failed connection attempt (the policy decides on retries)."""
-        self._nconnecting -= 1
-        self._state[slot] = EMPTY
-        self._size -= 1
+        self._unreserve(slot)
 
     def _drain_dead(self):
         """Reclaim IN_USE slots whose connection was garbage-collected without being returned."""
@@ -412,8 +458,7 @@ cdef class Core:
             n += 1
             grow += self._grow_slots()
             self._on_reclaim(slot)
-        for s in grow:
-            self._grow(s)
+        self._dispatch_grow(grow)
         return n
 
     def _enqueue(self, Waiter w, int max_waiting):
@@ -430,8 +475,7 @@ cdef class Core:
         self._waiters.append(w)
         self._nwaiting += 1
         self._requests_queued += 1
-        for s in self._grow_slots():
-            self._grow(s)
+        self._dispatch_grow(self._grow_slots())
         return ENQUEUED
 
     def _claim(self, Waiter w):
@@ -503,8 +547,7 @@ cdef class Core:
     def _set_max(self, int max_size):
         self._grow_capacity(max_size)
         self._max = max_size
-        for s in self._grow_slots():
-            self._grow(s)
+        self._dispatch_grow(self._grow_slots())
 
     def _bump_generation(self):
         self._generation += 1
@@ -586,6 +629,9 @@ cdef class Core:
         pass
 
     def _on_reclaim(self, slot):
+        pass
+
+    def _on_tick(self):
         pass
 
 

@@ -39,11 +39,12 @@ already returned, raises ``self.misuse_error``.
 from __future__ import annotations
 
 import math
-import threading
 import weakref
 from collections import deque
 from time import monotonic as now
 from typing import Any, Callable, List, Optional, Tuple
+
+from . import _original
 
 EMPTY, CONNECTING, IDLE, IN_USE, RESERVED = 0, 1, 2, 3, 4
 STATE_NAMES = ("EMPTY", "CONNECTING", "IDLE", "IN_USE", "RESERVED")
@@ -55,6 +56,8 @@ WAITING, HANDED, DONE, CANCELLED, CLOSED = 0, 1, 2, 3, 4
 ENQUEUED, RETRY, FULL, CLOSED_POOL = 0, 1, 2, 3
 
 INF = math.inf
+#: getconn calls between two _on_tick() policy calls (see _core.pyx).
+TICK_EVERY = 1024
 
 
 class Waiter:
@@ -75,7 +78,7 @@ class Core:
     misuse_error: type = ValueError
 
     def _core_setup(self, capacity: int, lifo: bool = True) -> None:
-        self._lock = threading.Lock()
+        self._lock = _original.allocate_lock()
         self._cap = 0
         self._state: List[int] = []
         self._conns: List[Any] = []
@@ -97,6 +100,7 @@ class Core:
         self._nconnecting = 0
         self._nwaiting = 0
         self._closed = True  # until _open_core()
+        self._ticks = TICK_EVERY
         self._generation = 0
         # Policy knobs (set by the policy layer).
         self._check_after = INF  # idle seconds after which _vet() runs at checkout
@@ -189,6 +193,10 @@ class Core:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"getconn(): timeout must be a positive number of seconds, not {timeout!r}")
         self._requests_num += 1  # a counter, not an invariant: a rare lost increment is harmless
+        self._ticks -= 1
+        if self._ticks <= 0:
+            self._ticks = TICK_EVERY
+            self._on_tick()
         conn = self._try_get()
         if conn is None:
             conn = self._on_miss(timeout)
@@ -219,7 +227,12 @@ class Core:
                         return conn
             if vet:
                 # Outside the lock: the slot is RESERVED, so it is ours alone.
-                if not self._vet(conn, idle):
+                try:
+                    ok = self._vet(conn, idle)
+                except BaseException:
+                    self._abandon(slot, conn)  # interrupted (KeyboardInterrupt, greenlet kill)
+                    raise
+                if not ok:
                     with self._lock:
                         self._connections_lost += 1
                     self._retire(slot, conn)
@@ -275,10 +288,14 @@ class Core:
                         break
             except Exception:
                 slow = True  # a probe that fails says the connection is not clean
-        if slow:
-            self._on_return(slot, conn)
-        elif not self._restore(slot):
-            self._retire(slot, conn)
+        try:
+            if slow:
+                self._on_return(slot, conn)
+            elif not self._restore(slot):
+                self._retire(slot, conn)
+        except BaseException:
+            self._abandon(slot, conn)
+            raise
 
     # -- transitions used by the policy layer --------------------------------------------------
     def _restore(self, slot: int) -> bool:
@@ -312,8 +329,7 @@ class Core:
         with self._lock:
             self._forget_locked(slot)
             grow = self._grow_slots_locked()
-        for s in grow:
-            self._grow(s)
+        self._dispatch_grow(grow)
 
     def _forget_locked(self, slot: int) -> None:
         # Only our own entry: after a reclaim, a new connection may live at the same address.
@@ -325,6 +341,29 @@ class Core:
         self._wrefs[slot] = None
         self._expiry[slot] = INF
         self._size -= 1
+
+    def _abandon(self, slot: int, conn: Any) -> None:
+        """A policy hook raised (even KeyboardInterrupt or GreenletExit) while the slot was ours:
+        close the connection and free the slot, so an interrupted caller never strands it."""
+        try:
+            self._retire(slot, conn)
+        except BaseException:
+            pass
+        with self._lock:
+            if self._state[slot] == RESERVED and self._holds(slot, conn):
+                self._forget_locked(slot)
+
+    def _dispatch_grow(self, slots: List[int]) -> None:
+        """Hand reserved CONNECTING slots to the policy; if interrupted, the slots not yet handed
+        over go back to EMPTY instead of staying reserved for ever."""
+        i = 0
+        try:
+            for i, s in enumerate(slots):
+                self._grow(s)
+        except BaseException:
+            for s in slots[i:]:
+                self._fill_failed(s)
+            raise
 
     def _reserve(self) -> int:
         """EMPTY -> CONNECTING if there is room; returns the slot or -1."""
@@ -360,6 +399,8 @@ class Core:
         except TypeError:
             wref = None  # not weak-referenceable: no reclaim for this connection type
         with self._lock:
+            if self._state[slot] != CONNECTING:
+                return False  # un-reserved meanwhile (an interrupted grow): caller closes conn
             self._nconnecting -= 1
             if self._closed:
                 self._state[slot] = EMPTY
@@ -379,6 +420,8 @@ class Core:
     def _fill_failed(self, slot: int) -> None:
         """CONNECTING -> EMPTY after a failed connection attempt (the policy decides on retries)."""
         with self._lock:
+            if self._state[slot] != CONNECTING:
+                return
             self._nconnecting -= 1
             self._state[slot] = EMPTY
             self._size -= 1
@@ -407,8 +450,7 @@ class Core:
                 n += 1
                 grow += self._grow_slots_locked()
             self._on_reclaim(slot)
-        for s in grow:
-            self._grow(s)
+        self._dispatch_grow(grow)
         return n
 
     def _enqueue(self, w: Waiter, max_waiting: int) -> int:
@@ -427,8 +469,7 @@ class Core:
             self._nwaiting += 1
             self._requests_queued += 1
             grow = self._grow_slots_locked()
-        for s in grow:
-            self._grow(s)
+        self._dispatch_grow(grow)
         return ENQUEUED
 
     def _claim(self, w: Waiter) -> Any:
@@ -505,8 +546,7 @@ class Core:
             self._grow_capacity(max_size)
             self._max = max_size
             grow = self._grow_slots_locked()
-        for s in grow:
-            self._grow(s)
+        self._dispatch_grow(grow)
 
     def _bump_generation(self) -> None:
         with self._lock:
@@ -520,7 +560,7 @@ class Core:
             c = r() if r is not None else None
             if c is not None and all(c is not x for x in inherited):
                 inherited.append(c)
-        self._lock = threading.Lock()
+        self._lock = _original.allocate_lock()
         cap, lifo = self._cap, self._lifo
         self._cap = 0
         self._state, self._conns, self._wrefs = [], [], []
@@ -596,4 +636,7 @@ class Core:
         pass
 
     def _on_reclaim(self, slot: int) -> None:
+        pass
+
+    def _on_tick(self) -> None:
         pass

@@ -24,10 +24,14 @@ import sys
 from time import monotonic
 from typing import Any, Callable, Optional, Tuple
 
+import select
+
 import psycopg2
 from psycopg2 import extensions
 
+from . import _original
 from .waiting import Wait, thread_waiter
+from .workers import WORKER_THREADS
 
 #: seconds between re-checks for a waiter that cannot be woken directly (eventlet without
 #: monkey-patching woken from a real thread): bounds the extra latency of that rare case.
@@ -156,7 +160,29 @@ def _patched(kind: str) -> bool:
     return patcher is not None and patcher.is_monkey_patched("socket")
 
 
+def _native_wait(conn: Any) -> None:
+    """Block this OS thread until libpq can proceed (a fastpool worker thread: no hub here)."""
+    while True:
+        state = conn.poll()
+        if state == extensions.POLL_OK:
+            return
+        if state == extensions.POLL_READ:
+            _wait_fd(conn.fileno(), select.POLLIN)
+        elif state == extensions.POLL_WRITE:
+            _wait_fd(conn.fileno(), select.POLLOUT)
+        else:
+            raise psycopg2.OperationalError(f"unexpected result from poll(): {state!r}")
+
+
+def _wait_fd(fd: int, events: int) -> None:
+    p = _original.poll()
+    p.register(fd, events | select.POLLERR | select.POLLHUP)
+    p.poll()
+
+
 def _gevent_wait_callback(conn: Any) -> None:
+    if _original.get_ident() in WORKER_THREADS:
+        return _native_wait(conn)
     from gevent.socket import wait_read, wait_write
 
     while True:
@@ -172,6 +198,8 @@ def _gevent_wait_callback(conn: Any) -> None:
 
 
 def _eventlet_wait_callback(conn: Any) -> None:
+    if _original.get_ident() in WORKER_THREADS:
+        return _native_wait(conn)
     from eventlet.hubs import trampoline
 
     while True:

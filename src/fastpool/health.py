@@ -19,6 +19,8 @@ import socket
 import threading
 from typing import Any, Callable, Optional
 
+from . import _original
+
 #: seconds: a connection used this recently skips the socket poll (HikariCP's "alive bypass
 #: window" idea, shortened: the poll is cheap, it only must stay off the tight reuse loop).
 HOT_WINDOW = 0.001
@@ -33,29 +35,19 @@ ROUND_TRIP_TIMEOUT = 5.0
 
 Guard = Callable[[Callable[[Any], Any], Any], Any]
 
-try:  # gevent's monkey.patch_select() removes select.poll; keep the original if it did
-    _poll = select.poll
-except AttributeError:  # pragma: no cover - depends on monkey-patching order
-    try:
-        from gevent.monkey import get_original
-
-        _poll = get_original("select", "poll")
-    except Exception:
-        _poll = None
-
-_POLL_MASK = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP if _poll else 0
+_POLL_MASK = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
 def socket_readable(conn: Any) -> bool:
     """True when the connection's socket has data or a hang-up pending (never blocks)."""
     fileno = getattr(conn, "fileno", None)
-    if fileno is None or _poll is None:
+    if fileno is None:
         return False
     try:
         fd = fileno()
     except Exception:
         return True  # a connection that cannot give its socket is not healthy
-    p = _poll()
+    p = _original.poll()  # never gevent's: this must not yield, it is a zero-timeout look
     p.register(fd, _POLL_MASK)
     return bool(p.poll(0))
 
@@ -77,7 +69,7 @@ def ping(conn: Any) -> bool:
             finally:
                 cur.close()
         finally:
-            if autocommit is False:
+            if autocommit is False and not conn.closed:  # a cancel mid-query closes it
                 conn.autocommit = False
             if dirty is False:
                 conn._fastpool_dirty = False  # the toggle above is ours, not the borrower's

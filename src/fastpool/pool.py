@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import random
-import threading
 import time
 import traceback
 import weakref
@@ -33,7 +32,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
 
 import psycopg2
 
-from . import _impl, fork, green as _green, health, reset as _reset
+from . import _impl, _original, fork, green as _green, health, reset as _reset
 from .conninfo import ConnInfo, Scrubber, describe, validate_conninfo
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .tracking import tracked_class
@@ -198,7 +197,9 @@ class PoolPolicy:
         self._defaults: Dict[str, Any] = {}
         self._probes_set = False
         self._opened = False
-        self._lock = threading.Lock()  # guards the policy's own bookkeeping, never the fast path
+        # guards the policy's own bookkeeping, never the fast path; a real OS lock, never held
+        # across a greenlet switch
+        self._lock = _original.allocate_lock()
         # stats kept by the policy (the core counts the fast-path ones)
         self._requests_wait = 0.0
         self._requests_errors = 0
@@ -301,7 +302,7 @@ class PoolPolicy:
         inherited = self._reset_after_fork()
         for conn in inherited:
             fork.neutralise(conn)
-        self._lock = threading.Lock()
+        self._lock = _original.allocate_lock()
         self._probe_in_flight = False
         self._takers.clear()
         self._warned.clear()
@@ -327,7 +328,14 @@ class PoolPolicy:
         _green.ensure_wait_callback(self._green)
         while True:
             waiter, wait = _green.make_waiter(self._Waiter)
-            r = self._enqueue(waiter, self._max_waiting)
+            try:
+                r = self._enqueue(waiter, self._max_waiting)
+            except BaseException:
+                # Interrupted while queueing: unregister, and pass on anything handed over.
+                conn = self._claim(waiter)
+                if conn is not None:
+                    self.putconn(conn)
+                raise
             if r == 1:  # RETRY: a connection became free between the miss and the enqueue
                 conn = self._try_get()
                 if conn is not None:
@@ -382,6 +390,13 @@ class PoolPolicy:
             self.putconn(conn)
         except PoolError:
             pass  # already returned, or not ours any more: nothing to give back
+
+    def _on_tick(self) -> None:
+        """Every ~1000 checkouts (from the core): notice gevent/eventlet patching done after the
+        pool was made, and reclaim dropped connections."""
+        _green.ensure_wait_callback(self._green)
+        if self._dead:
+            self._drain_dead()
 
     # -- health ----------------------------------------------------------------------------------
     def _vet(self, conn: Any, idle: float) -> bool:
@@ -570,6 +585,7 @@ class PoolPolicy:
         if self._core_closed():
             return
         try:
+            _green.ensure_wait_callback(self._green)
             if self._dead:
                 self._drain_dead()
             now = self._now()

@@ -106,5 +106,5 @@ def discard_all(conn: Any) -> None:
         finally:
             cur.close()
     finally:
-        if not autocommit:
+        if not autocommit and not getattr(conn, "closed", False):  # a cancel mid-query closes it
             conn.autocommit = False

@@ -387,7 +387,7 @@ def _cancel_during_reset(autocommit: bool) -> dict:
     def victim() -> str:
         conn = pool.getconn(timeout=5)
         gevent.spawn(gevent.getcurrent().kill, block=False)
-        pool.putconn(conn)  # first switch: DISCARD ALL
+        pool.putconn(conn)  # first switch: the reset round trip (DISCARD ALL)
         box["swallowed"] = True
         return "returned"
 
