@@ -42,20 +42,26 @@ def _import_postgresql_backend_on_psycopg2() -> None:
     be imported. fastpool pools psycopg2 connections, so hide psycopg 3 for that one import.
     Code elsewhere in the process can still import and use psycopg 3.
     """
-    chosen = sys.modules.get("django.db.backends.postgresql.psycopg_any")
-    if chosen is not None:
-        if chosen.is_psycopg3:
-            raise ImproperlyConfigured(
-                "django_fastpool needs Django's PostgreSQL backend on psycopg2, but psycopg 3 was "
-                "already selected (another PostgreSQL database or django.contrib.postgres was "
-                "loaded first). Import django_fastpool earlier or uninstall psycopg 3."
-            )
+    pg_any = sys.modules.get("django.db.backends.postgresql.psycopg_any")
+    pg_base = sys.modules.get("django.db.backends.postgresql.base")
+    if (pg_any is not None and pg_any.is_psycopg3) or (
+        pg_base is not None and pg_base.Database.__name__ != "psycopg2"
+    ):
+        raise ImproperlyConfigured(
+            "django_fastpool needs Django's PostgreSQL backend on psycopg2, but psycopg 3 was "
+            "already selected (another PostgreSQL database or django.contrib.postgres was "
+            "loaded first). Import django_fastpool earlier (e.g. `import django_fastpool.base` "
+            "at the top of settings.py) or uninstall psycopg 3."
+        )
+    if pg_base is not None:
         return
     missing = object()
     saved = sys.modules.get("psycopg", missing)
     sys.modules["psycopg"] = None  # type: ignore[assignment]  # makes `import psycopg` fail
     try:
+        # Both modules pick the driver on their own (`base` imports `Database` itself).
         import django.db.backends.postgresql.psycopg_any  # noqa: F401
+        import django.db.backends.postgresql.base  # noqa: F401
     finally:
         if saved is missing:
             del sys.modules["psycopg"]
@@ -65,14 +71,18 @@ def _import_postgresql_backend_on_psycopg2() -> None:
 
 _import_postgresql_backend_on_psycopg2()
 
+import os  # noqa: E402
+
 import psycopg2.extras  # noqa: E402
 from django.db import DEFAULT_DB_ALIAS  # noqa: E402
 from django.db.backends.postgresql import base as pg_base  # noqa: E402
 from django.db.backends.postgresql.creation import DatabaseCreation as PgDatabaseCreation  # noqa: E402
+from django.db.backends.postgresql.features import DatabaseFeatures as PgDatabaseFeatures  # noqa: E402
 from django.db.backends.postgresql.psycopg_any import IsolationLevel  # noqa: E402
-from django.db.backends.utils import CursorWrapper  # noqa: E402,F401
+from django.utils.functional import cached_property  # noqa: E402
 
 import fastpool  # noqa: E402
+from fastpool import reset as _fastpool_reset  # noqa: E402
 
 logger = logging.getLogger("django_fastpool")
 
@@ -98,6 +108,26 @@ class DatabaseCreation(PgDatabaseCreation):
         return super().destroy_test_db(*args, **kwargs)
 
 
+class DatabaseFeatures(PgDatabaseFeatures):
+    @cached_property
+    def django_test_skips(self) -> Dict[str, set]:
+        skips = dict(super().django_test_skips)
+        skips["django_fastpool returns the connection to the pool at every request boundary "
+              "whatever CONN_MAX_AGE says (no persistent connection to keep), and the pool "
+              "does the health checks"] = {
+            "backends.base.test_base.ConnectionHealthChecksTests.test_health_checks_enabled",
+            "backends.base.test_base.ConnectionHealthChecksTests."
+            "test_health_checks_enabled_errors_occurred",
+            "backends.base.test_base.ConnectionHealthChecksTests.test_health_checks_disabled",
+            "backends.base.test_base.ConnectionHealthChecksTests."
+            "test_set_autocommit_health_checks_enabled",
+        }
+        skips["django_fastpool pools psycopg2 connections: OPTIONS['pool'] is not refused"] = {
+            "backends.postgresql.tests.Tests.test_connect_pool_setting_ignored_for_psycopg2",
+        }
+        return skips
+
+
 def _return_orphan(pool_ref: "weakref.ref[Any]", conn: Any) -> None:
     """Finalizer of a DatabaseWrapper whose thread/greenlet ended without closing its connection."""
     pool = pool_ref()
@@ -108,6 +138,7 @@ def _return_orphan(pool_ref: "weakref.ref[Any]", conn: Any) -> None:
 
 class DatabaseWrapper(pg_base.DatabaseWrapper):
     creation_class = DatabaseCreation
+    features_class = DatabaseFeatures
 
     # alias -> (fingerprint of connection settings, Pool); one pool per alias per process
     # (fastpool resets pools in forked children by itself).
@@ -115,41 +146,53 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
     _fastpools_lock = threading.Lock()
 
     def __init__(self, settings_dict: Dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
-        # Keep OPTIONS["pool"] away from Django's psycopg2 code (which rejects it) and from
-        # psycopg2.connect(): a private copy of OPTIONS without it.
-        options = dict(settings_dict.get("OPTIONS") or {})
-        pool_options = options.pop("pool", True)
-        if pool_options is True or pool_options is None:
-            pool_options = {}
-        if pool_options is False:
-            raise ImproperlyConfigured(
-                f"database {alias!r}: django_fastpool always pools; use ENGINE "
-                "'django.db.backends.postgresql' for unpooled connections"
-            )
-        if not isinstance(pool_options, dict):
-            raise ImproperlyConfigured(
-                f"database {alias!r}: OPTIONS['pool'] must be True or a dict of pool options"
-            )
-        settings_dict = {**settings_dict, "OPTIONS": options}
         super().__init__(settings_dict, alias)
-        self._fastpool_options = dict(pool_options)
+        # OPTIONS["pool"] stays in settings_dict (copy(), Django's own checks of it and a later
+        # OPTIONS["pool"] = False all see it); get_connection_params() keeps it away from
+        # Django's psycopg2 code (which rejects it) and from psycopg2.connect().
+        self._pool_options()  # validate now: a bad setting fails at startup, not per request
         self._fastpool_finalizer: Optional[weakref.finalize] = None
         self._fastpool_owner: Any = None
-        max_age = settings_dict.get("CONN_MAX_AGE", 0)
-        if max_age and alias != NO_DB_ALIAS and alias not in _warned_max_age:
+        self._fastpool_pid = 0
+        max_age = self.settings_dict.get("CONN_MAX_AGE", 0)
+        if max_age != 0 and alias != NO_DB_ALIAS and alias not in _warned_max_age:
             _warned_max_age.add(alias)
             logger.warning(
                 "database %r: CONN_MAX_AGE=%r is ignored by django_fastpool: connections go back "
                 "to the pool after every request and the pool's max_lifetime (%s s) decides how "
                 "long a server connection lives",
-                alias, max_age, pool_options.get("max_lifetime", 3600.0),
+                alias, max_age, (self._pool_options() or {}).get("max_lifetime", 3600.0),
             )
+
+    def _pool_options(self) -> Optional[Dict[str, Any]]:
+        """OPTIONS["pool"] as a dict of Pool options; None when pooling is off (``False``)."""
+        value = self.settings_dict["OPTIONS"].get("pool", True)
+        if value is False:
+            return None  # e.g. Django's own tests ask for an unpooled connection this way
+        if value is True or value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ImproperlyConfigured(
+                f"database {self.alias!r}: OPTIONS['pool'] must be True, False or a dict of pool options"
+            )
+        return value
+
+    def get_connection_params(self) -> Dict[str, Any]:
+        full = self.settings_dict
+        if "pool" not in full["OPTIONS"]:
+            return super().get_connection_params()
+        # A DatabaseWrapper belongs to one thread: swapping its settings for the call is safe.
+        self.settings_dict = {**full, "OPTIONS": {k: v for k, v in full["OPTIONS"].items() if k != "pool"}}
+        try:
+            return super().get_connection_params()
+        finally:
+            self.settings_dict = full
 
     # -- the pool ------------------------------------------------------------------------------
     @property
     def pool(self) -> Any:
         """This alias's fastpool Pool in this process (None for Django's maintenance alias)."""
-        if self.alias == NO_DB_ALIAS:
+        if self.alias == NO_DB_ALIAS or self._pool_options() is None:
             return None
         return self._pool_for(self.get_connection_params())
 
@@ -157,10 +200,11 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         isolation = self.settings_dict["OPTIONS"].get("isolation_level")
         role = self.settings_dict["OPTIONS"].get("assume_role")
         timezone_name = self.timezone_name
+        options = self._pool_options() or {}
         # Anything that shapes a physical connection; when it changes (test database name,
         # TIME_ZONE in tests) the old pool is closed and a new one made. Never logged.
         fingerprint = (sorted((k, repr(v)) for k, v in conn_params.items()), isolation, role, timezone_name,
-                       sorted((k, repr(v)) for k, v in self._fastpool_options.items()))
+                       sorted((k, repr(v)) for k, v in options.items()))
         entry = self._fastpools.get(self.alias)
         if entry is not None and entry[0] == fingerprint:
             return entry[1]
@@ -168,11 +212,13 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             entry = self._fastpools.get(self.alias)
             if entry is not None and entry[0] == fingerprint:
                 return entry[1]
+            configure = _make_configure(isolation, role, timezone_name, self.ops)
+            options = {"min_size": 0, **options}
+            # A reset that wipes the session (DISCARD ALL, or the user's own) must be followed by
+            # the per-connection setup again: time zone and assumed role would be lost.
+            options["reset"] = _make_reset(options.get("reset", "rollback"), configure)
             pool = fastpool.Pool(
-                kwargs=conn_params,
-                configure=_make_configure(isolation, role, timezone_name, self.ops),
-                name=f"django:{self.alias}",
-                **{"min_size": 0, **self._fastpool_options},
+                kwargs=conn_params, configure=configure, name=f"django:{self.alias}", **options
             )
             self._fastpools[self.alias] = (fingerprint, pool)
         if entry is not None:
@@ -188,7 +234,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
 
     # -- connections ---------------------------------------------------------------------------
     def get_new_connection(self, conn_params: Dict[str, Any]) -> Any:
-        if self.alias == NO_DB_ALIAS:
+        if self.alias == NO_DB_ALIAS or self._pool_options() is None:
             return super().get_new_connection(conn_params)
         # As Django's own get_new_connection: self.isolation_level must be set before
         # _set_autocommit() runs; the connection itself got it in configure().
@@ -199,13 +245,14 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             try:
                 self.isolation_level = IsolationLevel(level)
             except ValueError:
-                raise ImproperlyConfigured(
+                raise ImproperlyConfigured(  # Django's own wording
                     f"Invalid transaction isolation level {level} specified. "
-                    f"Use one of the psycopg2.extensions.ISOLATION_LEVEL_* values."
+                    f"Use one of the psycopg.IsolationLevel values."
                 ) from None
         pool = self._pool_for(conn_params)
         conn = pool.getconn()
         self._fastpool_owner = pool
+        self._fastpool_pid = os.getpid()
         # If this wrapper is dropped without close() (its thread or greenlet ended), the
         # finalizer gives the connection back instead of leaving it checked out.
         self._fastpool_finalizer = weakref.finalize(self, _return_orphan, weakref.ref(pool), conn)
@@ -224,26 +271,50 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             self._fastpool_finalizer.detach()
             self._fastpool_finalizer = None
         self._fastpool_owner = None
-        if pool is None:  # the maintenance alias: a plain connection
+        if pool is None:  # the maintenance alias or pooling off: a plain connection
             with self.wrap_database_errors:
                 return conn.close()
         # The wrapper must never touch a connection it gave back, even inside an atomic block.
         self.connection = None
+        if self._fastpool_pid != os.getpid():
+            # Inherited across fork() (gunicorn --preload): fastpool already detached it from
+            # the parent's socket in this process; it is not this process's pool's to take.
+            return
         with self.wrap_database_errors:
             pool.putconn(conn)
 
     def close_if_unusable_or_obsolete(self) -> None:
         """Called at the start and end of every request: give the connection back to the pool
-        (which resets it); outside an atomic block only, as Django's close() requires."""
+        (which rolls back and resets it). Also inside a forgotten atomic block: Django's close()
+        marks that block broken, and its transaction must not reach the next request."""
         if self.connection is not None:
             self.health_check_done = False
-            if not self.in_atomic_block:
-                self.close()
+            self.close()
 
     def close_if_health_check_failed(self) -> None:
         if self.alias == NO_DB_ALIAS:
             return super().close_if_health_check_failed()
         # The pool vets a connection before handing it out.
+
+
+def _make_reset(mode: Any, configure: Any) -> Any:
+    """The pool's reset for a Django alias: the user's choice, with the per-connection setup
+    re-applied after anything that can wipe session state."""
+    if mode in (None, "rollback"):
+        return mode
+    if mode == "discard":
+        def discard_and_configure(conn: Any) -> None:
+            _fastpool_reset.discard_all(conn)
+            configure(conn)
+
+        return discard_and_configure
+    if callable(mode):
+        def reset_and_configure(conn: Any) -> None:
+            mode(conn)
+            configure(conn)
+
+        return reset_and_configure
+    return mode  # invalid: fastpool.Pool names the problem
 
 
 def _make_configure(isolation: Any, role: Optional[str], timezone_name: Optional[str], ops: Any) -> Any:

@@ -18,6 +18,7 @@ or too idle, how to reset one, what to log. The core calls back into it only on 
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
@@ -212,6 +213,8 @@ class PoolPolicy:
         self._delay = 0.0
         self._probe_in_flight = False
         self._last_error: Optional[str] = None
+        # connections handed back by finalizers (see _return_later)
+        self._orphans: "collections.deque[Any]" = collections.deque()
         # leak tracking
         self._takers: Dict[int, Any] = {}
         self._warned: Dict[int, Any] = {}
@@ -375,21 +378,22 @@ class PoolPolicy:
         )
 
     def _return_later(self, conn: Any) -> None:
-        """Return ``conn`` from a context that must not do I/O (a finalizer): the reset and
-        return run on a background worker."""
-        if self._core_closed():
-            try:
-                conn.close()
-            except Exception:
-                pass
-            return
-        self._workers.submit(self._return_quietly, conn)
+        """Return ``conn`` from a finalizer: it may run anywhere, even while this thread holds
+        one of our locks, so take none: queue it (a deque append is atomic) and ask a worker to
+        drain the queue if that can be done without blocking; otherwise the next tick does."""
+        self._orphans.append(conn)
+        self._workers.try_submit(self._drain_orphans)
 
-    def _return_quietly(self, conn: Any) -> None:
-        try:
-            self.putconn(conn)
-        except PoolError:
-            pass  # already returned, or not ours any more: nothing to give back
+    def _drain_orphans(self) -> None:
+        while self._orphans:
+            try:
+                conn = self._orphans.popleft()
+            except IndexError:
+                return
+            try:
+                self.putconn(conn)
+            except PoolError:
+                pass  # already returned, or not ours any more: nothing to give back
 
     def _on_tick(self) -> None:
         """Every ~1000 checkouts (from the core): notice gevent/eventlet patching done after the
@@ -397,6 +401,8 @@ class PoolPolicy:
         _green.ensure_wait_callback(self._green)
         if self._dead:
             self._drain_dead()
+        if self._orphans:
+            self._workers.try_submit(self._drain_orphans)
 
     # -- health ----------------------------------------------------------------------------------
     def _vet(self, conn: Any, idle: float) -> bool:
@@ -588,6 +594,8 @@ class PoolPolicy:
             _green.ensure_wait_callback(self._green)
             if self._dead:
                 self._drain_dead()
+            if self._orphans:
+                self._drain_orphans()
             now = self._now()
             for slot, conn in self._take_idle(now, now - self._max_idle, self._min):
                 self._retire(slot, conn)

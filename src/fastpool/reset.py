@@ -76,7 +76,16 @@ def reset_connection(conn: Any, defaults: Dict[str, Any], mode: Any, pool_name: 
         return False
     if status in (INTRANS, INERROR):
         logger.warning("pool %r: rolling back a connection returned inside a transaction", pool_name)
-        conn.rollback()
+        if getattr(conn, "autocommit", False):
+            # A transaction opened with SQL (BEGIN) on an autocommit connection: psycopg2's
+            # rollback() is a no-op in autocommit mode, so say ROLLBACK ourselves.
+            cur = conn.cursor()
+            try:
+                cur.execute("ROLLBACK")
+            finally:
+                cur.close()
+        else:
+            conn.rollback()
     if mode is not None:
         for name, value in defaults.items():
             if getattr(conn, name) != value:

@@ -58,11 +58,20 @@ class Workers:
     def schedule(self, delay: float, fn: Callable[..., Any], *args: Any) -> Optional[list]:
         return self.schedule_at(monotonic() + delay, fn, *args)
 
-    def schedule_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Optional[list]:
+    def try_submit(self, fn: Callable[..., Any], *args: Any) -> Optional[list]:
+        """submit(), unless that would block: for finalizers and other code that may run while
+        this very thread holds the lock (None then; the caller must have a fallback)."""
+        return self.schedule_at(0.0, fn, *args, blocking=False)
+
+    def schedule_at(
+        self, when: float, fn: Callable[..., Any], *args: Any, blocking: bool = True
+    ) -> Optional[list]:
         """Run ``fn(*args)`` at monotonic time ``when``; returns a handle for :meth:`cancel`."""
         entry = [when, next(self._seq), fn, args]
         start = False
-        with self._lock:
+        if not self._lock.acquire(blocking):
+            return None
+        try:
             if self._stopping:
                 return None
             heapq.heappush(self._heap, entry)
@@ -74,6 +83,8 @@ class Workers:
                 # Wake one sleeper when this entry is due now (bursts of connects run in
                 # parallel) or is the new earliest; a sleeper's timeout covers later ones.
                 self._sleepers.pop().release()
+        finally:
+            self._lock.release()
         if start:
             running = _original.allocate_lock()
             running.acquire()

@@ -3,8 +3,15 @@
 # PostgreSQL backend on psycopg2).
 #
 #   tests/django_suite/run.sh [--stock] [--parallel N] [runtests.py options...] [LABEL...]
+#                             [-- anything passed to runtests.py verbatim]
 #
-# (--settings MODULE runs any other settings module on PYTHONPATH.)
+# runtests.py options that take a value must be attached (-kpattern, --exclude-tag=slow) or go
+# after "--". --settings MODULE runs any other settings module on PYTHONPATH.
+#
+# Environment: DJANGO_SUITE_CACHE (cache dir), DJANGO_SUITE_PARALLEL (default 2), PYTHON,
+# FASTPOOL_TEST_DSN, FASTPOOL_DJANGO_NAME, FASTPOOL_DJANGO_POOL_MAX (pool max_size, default 4),
+# (the 5 tests that cannot apply to a pooled backend are skipped by django_fastpool itself,
+# with the reason: DatabaseFeatures.django_test_skips).
 #
 # * Takes the Django version installed in the current Python (`python`, or $PYTHON), downloads
 #   that version's sdist with pip once into a cache dir ($DJANGO_SUITE_CACHE, default
@@ -12,8 +19,8 @@
 # * Installs nothing into the environment: the one extra it may need, tblib (tracebacks from
 #   worker processes when --parallel > 1), goes into the cache dir and onto PYTHONPATH.
 # * Runs the sdist's tests/runtests.py with --settings=settings_fastpool (settings_stock with
-#   --stock), --noinput, -v1 and --parallel 2 unless told otherwise; PYTHONPATH has this
-#   directory (settings) and the repo root (django_fastpool).
+#   --stock), --noinput, -v1 and --parallel 2 unless told otherwise; PYTHONPATH is this
+#   directory (settings), then the caller's PYTHONPATH, then the repo root (django_fastpool).
 # * LABELs default to: backends transactions basic queries select_for_update model_fields
 #   delete update get_or_create.
 #
@@ -43,6 +50,7 @@ while [ $# -gt 0 ]; do
         --settings=*) settings="${1#--settings=}" ;;
         --parallel) parallel="$2"; shift ;;
         --parallel=*) parallel="${1#--parallel=}" ;;
+        --) shift; passthrough+=("$@"); break ;;
         -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) passthrough+=("$1") ;;
         *) labels+=("$1") ;;
@@ -90,7 +98,8 @@ fi
 # 3. Test requirements: the chosen labels need none of tests/requirements/*.txt beyond Django's own
 #    dependencies (Pillow, numpy, ... only turn skips into runs). tblib is needed only to carry
 #    tracebacks out of worker processes; it goes into the cache, not into the environment.
-pypath="$here:$repo"
+# Settings first, then the caller's PYTHONPATH (so it can override anything), then the repo root.
+pypath="$here${PYTHONPATH:+:$PYTHONPATH}:$repo"
 if [ "$parallel" != 1 ]; then
     pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     deps="$cache/pydeps-py$pyver"
@@ -119,7 +128,7 @@ echo "django_suite: Django $ver, $settings, --parallel $parallel, labels: ${labe
 cd "$src/tests"
 start=$SECONDS
 rc=0
-PYTHONPATH="$pypath${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" runtests.py \
+PYTHONPATH="$pypath" "$PYTHON" runtests.py \
     --settings="$settings" --parallel="$parallel" --noinput -v1 \
     "${passthrough[@]}" "${labels[@]}" </dev/null || rc=$?
 echo "django_suite: $settings finished in $((SECONDS - start))s with exit code $rc"

@@ -1,0 +1,401 @@
+"""The Django backend (``ENGINE: "django_fastpool"``) against the real PostgreSQL, on both cores.
+
+Django settings are process-global and gevent monkey-patching must never happen in the pytest
+process, so every scenario runs in a fresh interpreter: ``tests/django_app/driver.py SCENARIO``
+configures Django from the environment (the ``dsn`` fixture parsed into NAME/USER/HOST/PORT/
+PASSWORD, ``OPTIONS["application_name"]`` = the test's ``app_name``, ``OPTIONS["pool"]``,
+``FASTPOOL_IMPL`` from the ``impl`` fixture), runs the scenario and prints one ``RESULT {json}``
+line of observations; the assertions are made here. Each test gets a table of its own for the
+``fpapp.Item`` model (created and dropped through the ``admin`` connection).
+
+A "request" in the driver is what Django's handlers do: ``request_started``, the view's work,
+``request_finished`` (both signals run ``close_old_connections``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import psycopg2
+import pytest
+
+try:
+    import django  # noqa: F401
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    pytest.skip(f"Django is not importable ({_exc}); pip install 'fastpool[django]' to run these tests",
+                allow_module_level=True)
+
+DRIVER_DIR = Path(__file__).resolve().parent / "django_app"
+DRIVER = DRIVER_DIR / "driver.py"
+TIMEOUT = 120
+ROLE = "fp_test_role"
+API_STATS = {
+    "pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting", "requests_num",
+    "requests_queued", "requests_wait_ms", "requests_errors", "returns_bad", "connections_num",
+    "connections_ms", "connections_errors", "connections_lost", "usage_ms", "connections_reclaimed",
+}
+IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+@pytest.fixture
+def table(admin: Any, app_name: str) -> Iterator[str]:
+    """A table of this test's own for ``fpapp.Item`` (the model's ``db_table`` comes from the env)."""
+    name = "fp_dj_" + app_name.rsplit("-", 1)[-1]
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE TABLE {name} (id bigserial PRIMARY KEY, name varchar(100) NOT NULL, "
+                    f"n integer NOT NULL DEFAULT 0)")
+    yield name
+    with admin.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+@pytest.fixture
+def run(dsn: str, impl: str, app_name: str, table: str) -> Callable[..., Dict[str, Any]]:
+    """``run(scenario, arg="", pool=None, db=None, other=None, settings=None)`` -> RESULT dict."""
+
+    def runner(scenario: str, arg: str = "", *, pool: Optional[dict] = None, db: Optional[dict] = None,
+               other: Optional[dict] = None, settings: Optional[dict] = None) -> Dict[str, Any]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FP_DJ_", "DJANGO_"))}
+        env.update(FASTPOOL_TEST_DSN=dsn, FASTPOOL_IMPL=impl, FASTPOOL_TEST_APP=app_name,
+                   FP_DJ_TABLE=table, PYTHONDONTWRITEBYTECODE="1")
+        for key, value in (("FP_DJ_POOL", pool), ("FP_DJ_DB", db), ("FP_DJ_OTHER", other),
+                           ("FP_DJ_SETTINGS", settings)):
+            if value is not None:
+                env[key] = json.dumps(value)
+        cmd = [sys.executable, str(DRIVER), scenario] + ([arg] if arg else [])
+        try:
+            proc = subprocess.run(cmd, cwd=DRIVER_DIR, env=env, capture_output=True, text=True,
+                                  timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"driver {scenario} {arg} timed out after {TIMEOUT} s\nstdout:\n{exc.stdout}\n"
+                        f"stderr:\n{exc.stderr}", pytrace=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or len(lines) != 1:
+            pytest.fail(f"driver {scenario} {arg} (impl={impl}) exited {proc.returncode}\n"
+                        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}", pytrace=False)
+        result: Dict[str, Any] = json.loads(lines[0][len("RESULT "):])
+        result["_stderr"] = proc.stderr
+        return result
+
+    return runner
+
+
+@pytest.fixture(scope="module")
+def role(admin: Any) -> str:
+    """A NOLOGIN role for ``OPTIONS["assume_role"]`` (postgres is a superuser: SET ROLE works)."""
+    with admin.cursor() as cur:
+        cur.execute(f"DO $$ BEGIN CREATE ROLE {ROLE} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    return ROLE
+
+
+def returned(stats: Dict[str, int]) -> bool:
+    """Every connection of the pool is idle (none checked out, nobody waiting)."""
+    return stats["pool_available"] == stats["pool_size"] and stats["requests_waiting"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# 1. basic
+
+
+@pytest.mark.parametrize("max_age", [0, 60, None], ids=["age0", "age60", "ageNone"])
+def test_basic_requests_return_connections(run: Callable[..., Dict[str, Any]], impl: str, max_age: Any) -> None:
+    r = run("basic", db={"CONN_MAX_AGE": max_age})
+    assert r["is_fastpool_pool"], r["pool_class"]
+    assert r["core"] == impl and r["fastpool_impl"] == impl
+    assert r["pool_name"] == "django:default" and r["same_pool_again"]
+    assert set(r["stats_keys"]) == API_STATS
+    reqs = r["requests"]
+    assert [q["count"] for q in reqs] == [1, 2, 3, 4]
+    for q in reqs:
+        assert q["raw_in_request"]
+        assert q["stats_in_request"]["pool_available"] == q["stats_in_request"]["pool_size"] - 1
+        # back in the pool at the end of the request whatever CONN_MAX_AGE says
+        assert q["connection_none_after"], (max_age, q)
+        assert returned(q["stats_after"]), (max_age, q["stats_after"])
+    # the same server connection serves every request (reuse, not reconnect)
+    assert len({q["pid"] for q in reqs}) == 1, reqs
+    col = r["close_old_connections"]
+    assert col["stats_held"]["pool_available"] == col["stats_held"]["pool_size"] - 1
+    assert col["connection_none_after"] and returned(col["stats_after"])
+    assert not r["thread_errors"]
+    # 9 requests, at most 3 at a time: a handful of server connections, reused
+    assert len(r["thread_pids"]) == 9 and len(set(r["thread_pids"])) <= 4, r["thread_pids"]
+    assert set(r["thread_pids"]) & {reqs[0]["pid"]}, "threads never reused the pooled connection"
+    assert returned(r["final_stats"]) and r["final_stats"]["connections_num"] <= 4, r["final_stats"]
+    warnings = r["warnings_django_fastpool"]
+    if max_age == 0:
+        assert warnings == []
+    else:
+        # Django's persistent-connection setting is ignored: say so, once (per alias, per process)
+        assert len(warnings) == 1, (max_age, warnings)
+        assert "CONN_MAX_AGE" in warnings[0]
+
+
+# --------------------------------------------------------------------------------------------
+# 2. gevent
+
+
+def test_gevent_200_requests_share_5_connections(run: Callable[..., Dict[str, Any]]) -> None:
+    r = run("gevent_load", "200", pool={"max_size": 5})
+    assert r["fastpool_callback"], "fastpool's cooperative psycopg2 wait callback is not registered"
+    assert r["finished"] == 200 and r["ok"] == 200, (r["errors"], r["finished"])
+    assert not r["bad_counts"]
+    assert r["rows"] == 200
+    assert r["max_concurrent_requests"] > 5, "the requests did not overlap: not a concurrency test"
+    assert r["samples"] > 0
+    assert r["max_server_connections"] <= 5, r
+    assert len(r["distinct_pids"]) <= 5 and r["n_pids"] == 200
+    assert len(r["sampled_pids"]) <= 5, r["sampled_pids"]
+    assert returned(r["stats"]) and r["stats"]["pool_size"] <= 5
+    assert r["stats"]["connections_num"] <= 5, r["stats"]
+    assert r["stats"]["requests_errors"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# 3. a transaction left open by one request is never seen by the next
+
+
+@pytest.mark.parametrize("variant", ["autocommit_off", "raw_begin", "atomic_open_same_thread",
+                                     "atomic_open_other_thread"])
+def test_open_transaction_never_leaks_to_next_request(run: Callable[..., Dict[str, Any]], variant: str) -> None:
+    """Request 1 leaves a transaction open (with a row inserted) and ends; request 2 (max_size=1)
+    must start on a clean connection and never see the row."""
+    r = run("txn", variant, pool={"max_size": 1, "timeout": 1})
+    assert r["pool_max"] == 1
+    assert r["req1"]["ok"], r["req1"]
+    req2 = r["req2"]
+    if req2["ok"]:
+        assert req2["seen"] == 0, (f"{variant}: request 2 sees request 1's uncommitted row", req2)
+        assert not req2["inherited_write"] and not req2["txn_started_before"], (
+            f"{variant}: request 2 runs inside request 1's transaction", req2)
+        assert req2["status_at_start"] == IDLE, req2
+        assert not req2["in_atomic_block"] and req2["autocommit"], req2
+    elif variant == "atomic_open_same_thread":
+        # Stock Django too refuses to go on in a thread whose atomic block was never exited.
+        assert "ProgrammingError" in req2["error"] or "TransactionManagementError" in req2["error"], req2
+    else:
+        pytest.fail(f"{variant}: request 2 failed: {req2['error']}")
+    # the request is over: its connection is back in the pool (rolled back by the pool's reset)
+    assert returned(r["stats_after_req1"]), (
+        f"{variant}: the connection was not given back at the end of the request", r["stats_after_req1"])
+    if "req3" in r:
+        assert r["req3"]["ok"] and r["req3"]["seen"] == 0, r["req3"]
+    assert r["committed_rows"] == 0
+    # max_size=1: the next request gets the same, rolled-back connection (not a new one)
+    assert not req2["ok"] or req2["pid"] == r["req1"]["pid"], (
+        f"{variant}: request 2 got another backend: the pool discarded the connection instead of "
+        "rolling it back", r.get("stats_after_req2"), r["warnings_fastpool"])
+
+
+# --------------------------------------------------------------------------------------------
+# 4. threads / greenlets that end without closing their connection
+
+
+@pytest.mark.parametrize("scenario", ["orphan_thread", "gevent_orphan"])
+def test_orphaned_connections_come_back(run: Callable[..., Dict[str, Any]], scenario: str) -> None:
+    r = run(scenario, pool={"max_size": 5})
+    assert all("error" not in b and b["borrowed"] for b in r["boxes"]), r["boxes"]
+    before, after_end, after_gc = r["before"], r["after_end"], r["after_gc"]
+    n = len(r["boxes"])
+    # when the workers ended they still held their connections ...
+    assert after_end["pool_size"] - after_end["pool_available"] == n, after_end
+    # ... and the finalizer gave them back (not reclaimed as lost)
+    assert after_gc["pool_available"] >= before["pool_available"], (before, after_gc)
+    assert returned(after_gc), after_gc
+    assert after_gc["connections_reclaimed"] == 0, after_gc
+    assert not [w for w in r["warnings_fastpool"] if "garbage-collected" in w], r["warnings_fastpool"]
+    # the same server connections serve the next requests
+    assert set(r["next_pids"]) <= set(r["worker_pids"]) | {r["warm_pid"]}, r
+    assert r["final"]["connections_num"] == after_gc["pool_size"] <= 5, r["final"]
+
+
+# --------------------------------------------------------------------------------------------
+# 5. everything Django does keeps working
+
+
+def test_atomic_savepoints(run: Callable[..., Dict[str, Any]]) -> None:
+    r = run("atomic")
+    assert r["names"] == ["a", "c", "c2", "g", "h"], r
+    assert "dup_error" in r, r  # the unique violation in the inner block was raised ...
+    assert "IntegrityError" in r["dup_error"] or "UniqueViolation" in r["dup_error"], r["dup_error"]
+    assert r["savepoints_in_block"] == 0 and not r["in_atomic_after"]
+    assert r["on_commit"] == ["outer"]
+    assert r["names_next_request"] == ["a", "c", "c2", "g", "h"]
+    assert r["committed_rows"] == 3
+    assert returned(r["stats_after"])
+
+
+def test_close_and_close_all(run: Callable[..., Dict[str, Any]]) -> None:
+    r = run("close", pool={"max_size": 2})
+    assert r["stats_held"]["pool_available"] == r["stats_held"]["pool_size"] - 1
+    assert r["none_after_close"] and returned(r["stats_after_close"])
+    assert r["none_after_close_all"] and returned(r["stats_after_close_all"])
+    assert returned(r["stats_after_close_in_atomic"])
+    assert r["query_after_close_in_atomic"] != "ran"  # Django: no new connection inside the block
+    assert "atomic_exit_error" not in r, r
+    assert r["p1"] == r["p2"] == r["p3"] == r["p4"] == r["p5"], r  # one backend, reused throughout
+    assert returned(r["stats_after"])
+
+
+def test_two_aliases_two_pools(run: Callable[..., Dict[str, Any]]) -> None:
+    r = run("aliases", pool={"max_size": 2}, other={"max_size": 3})
+    assert r["distinct"] and r["stable"]
+    assert r["names"] == ["django:default", "django:other"]
+    assert r["max"] == [2, 3]
+    q = r["request"]
+    assert q["pid_default"] != q["pid_other"]
+    assert q["count_default"] == q["count_other"] == 2
+    assert q["in_use"] == [0, 0]
+    assert not r["errors"], r["errors"]
+    assert r["max_server_connections"] <= 5, r
+    for s, limit in zip(r["stats"], (2, 3)):
+        assert returned(s) and s["pool_size"] <= limit, s
+
+
+@pytest.mark.parametrize("disable", [False, True], ids=["server_side", "client_side"])
+def test_iterator_server_side_cursors(run: Callable[..., Dict[str, Any]], disable: bool) -> None:
+    r = run("iterator", pool={"max_size": 1}, db={"DISABLE_SERVER_SIDE_CURSORS": disable})
+    assert r["disable_ssc"] is disable
+    for where, holdable in (("outside_atomic", "true"), ("inside_atomic", "false")):
+        q = r[where]
+        assert q["ok"], (where, q)
+        assert q["n"] == 40 and q["ordered"], (where, q)
+        if disable:
+            assert q["cursors_during"] == [], (where, q)
+        else:
+            assert len(q["cursors_during"]) == 1, (where, q)
+            name, hold = q["cursors_during"][0].split(":")
+            assert name.startswith("_django_curs_") and hold == holdable, (where, q)
+    assert r["after"]["ok"] and r["after"]["cursors"] == 0, r["after"]  # nothing left on the connection
+    assert r["after"]["pid"] == r["outside_atomic"]["pid"] == r["inside_atomic"]["pid"]
+    assert returned(r["stats"])
+
+
+def test_conn_health_checks(run: Callable[..., Dict[str, Any]]) -> None:
+    r = run("health", db={"CONN_HEALTH_CHECKS": True})
+    assert r["conn_health_checks"] is True
+    assert r["req1"]["ok"] and r["req2"]["ok"] and r["req1"]["health_check_enabled"]
+    assert r["req1"]["pid"] == r["req2"]["pid"]
+    assert r["terminated"] == 1
+    # the server killed the idle pooled connection: the next request still works
+    assert r["req3"]["ok"], r["req3"]
+    assert r["req4"]["ok"], r["req4"]
+    assert r["req3"]["pid"] != r["req1"]["pid"] and r["req4"]["pid"] == r["req3"]["pid"]
+    assert returned(r["stats"])
+
+
+@pytest.mark.parametrize("reset", ["rollback", "discard"])
+def test_time_zone_role_isolation(run: Callable[..., Dict[str, Any]], role: str, reset: str) -> None:
+    r = run("session", pool={"max_size": 1, "reset": reset},
+            db={"OPTIONS": {"assume_role": role, "isolation_level": psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE}},
+            settings={"USE_TZ": False, "TIME_ZONE": "Europe/Paris"})
+    assert r["timezone_name"] == "Europe/Paris" and r["assume_role"] == role
+    reqs = r["requests"]
+    assert all(q["ok"] for q in reqs), reqs
+    assert len({q["pid"] for q in reqs}) == 1  # one physical connection, set up once
+    for i, q in enumerate(reqs):
+        assert q["timezone"] == "Europe/Paris", (reset, i, q)
+        assert q["current_user"] == role and q["session_user"] == "postgres", (reset, i, q)
+        assert q["isolation_in_atomic"] == "serializable", (reset, i, q)
+    assert returned(r["stats"])
+
+
+def test_use_tz_database_time_zone(run: Callable[..., Dict[str, Any]]) -> None:
+    r = run("session", db={"TIME_ZONE": "Asia/Tokyo"}, settings={"USE_TZ": True})
+    assert r["timezone_name"] == "Asia/Tokyo"
+    assert all(q["ok"] and q["timezone"] == "Asia/Tokyo" for q in r["requests"]), r["requests"]
+    assert all(q["isolation_in_atomic"] == "read committed" for q in r["requests"])
+
+
+# --------------------------------------------------------------------------------------------
+# 6. test database create / clone / destroy
+
+
+@pytest.fixture
+def test_db_name(admin: Any) -> Iterator[str]:
+    name = f"test_fp_{uuid.uuid4().hex[:10]}"
+    yield name
+    with admin.cursor() as cur:  # whatever happened, leave no database behind
+        for db in (name, name + "_1"):
+            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def test_test_database_lifecycle(run: Callable[..., Dict[str, Any]], admin: Any, test_db_name: str) -> None:
+    r = run("test_db", pool={"max_size": 4}, db={"TEST": {"NAME": test_db_name}})
+    original = r["original_db"]
+    assert r["test_name"] == test_db_name
+    assert r["in_test_db"] == {"db": test_db_name, "items": 0}  # migrate --run-syncdb made the table
+    assert r["items_in_test_db"] == 3
+    assert r["test_pool_stats"]["pool_size"] >= 1 and returned(r["test_pool_stats"])
+    assert r.get("clone") == "ok" and r.get("clone_destroyed") == "ok", r
+    assert r["in_test_db_after_clone"] == test_db_name
+    assert r["destroy"] == "ok", r["destroy"]
+    assert r["test_pool_closed"] and r["pool_is_new"]
+    assert r["after_destroy"]["ok"] and r["after_destroy"]["db"] == original, r["after_destroy"]
+    with admin.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_database WHERE datname IN (%s, %s)", (test_db_name, r["clone_name"]))
+        assert cur.fetchone()[0] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# 7. psycopg 3 is installed too
+
+
+@pytest.mark.parametrize("mode", ["fresh", "imported_first"])
+def test_backend_stays_on_psycopg2(run: Callable[..., Dict[str, Any]], mode: str) -> None:
+    r = run("psycopg3", mode)
+    assert r["is_psycopg3"] is False
+    q = r["request"]
+    assert q["ok"], q
+    assert q["raw_is_psycopg2"], q
+    # Django maps driver errors to django.db.* through the wrapper's DB-API module
+    # (DatabaseErrorWrapper uses self.Database): it must be psycopg2, not psycopg 3
+    assert q["integrity"] == "django.db.IntegrityError", (q, r["wrapper_Database"], r["pg_base_Database"])
+    assert r["wrapper_Database"] == "psycopg2" and r["pg_base_Database"] == "psycopg2", r
+    assert q["get_or_create_existing"] == ["p", False]
+    assert r["psycopg3_query"] == 42, r["psycopg3_query"]
+
+
+def test_contrib_postgres_with_backend_imported_first(run: Callable[..., Dict[str, Any]]) -> None:
+    """django.contrib.postgres imports psycopg_any while apps load, before the backend: with psycopg 3
+    installed the backend then refuses (ImproperlyConfigured naming contrib.postgres) unless
+    ``django_fastpool.base`` was imported first (e.g. in settings.py), which must then work."""
+    r = run("contrib_postgres", "imported_first",
+            settings={"INSTALLED_APPS": ["django.contrib.postgres", "fpapp"]})
+    assert "setup_error" not in r, r
+    assert r["is_psycopg3"] is False
+    assert r["request"]["ok"], r["request"]
+
+
+# --------------------------------------------------------------------------------------------
+# extras
+
+
+def test_fork_after_parent_used_its_connection(run: Callable[..., Dict[str, Any]]) -> None:
+    """gunicorn --preload: the parent ran a query at import time and kept its connection."""
+    r = run("fork")
+    child = r["child"]
+    assert "fatal" not in child, child
+    assert child["req1"]["ok"], child["req1"]
+    assert child["req2"]["ok"], child["req2"]
+    assert child["req1"]["pid"] != r["parent_pid_before"]  # never the parent's session
+    assert r["parent_pid_after"] == r["parent_pid_before"]  # the parent's session survived the child
+    assert r["parent_request"]["ok"], r["parent_request"]
+
+
+def test_orphan_finalizer_must_not_take_workers_lock(run: Callable[..., Dict[str, Any]]) -> None:
+    """The orphan finalizer runs wherever the garbage collector interrupts, including inside
+    fastpool's ``Workers.schedule_at`` (which allocates while holding ``Workers._cond``)."""
+    r = run("finalizer_reentrancy")
+    assert r["lock"], "Workers has neither _cond nor _lock: update the simulation"
+    assert "error" not in r["outcome"], r["outcome"]
+    assert not r["deadlocked"], (
+        "gc ran the DatabaseWrapper finalizer while this thread held the workers' lock: "
+        "_return_later -> Workers.submit re-acquired the non-reentrant lock and the thread hung", r)
+    assert r["outcome"].get("returned") and r["stats"] is not None
