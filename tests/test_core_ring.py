@@ -160,7 +160,7 @@ def ring_class(core_mod: Any) -> type:
             return conn
 
         # -- policy hooks --
-        def _on_miss(self, timeout: Optional[float]) -> Any:
+        def _on_miss(self, timeout: Optional[float], spent: float = 0.0) -> Any:
             self.misses += 1
             if self.nonblocking:
                 return None
@@ -216,7 +216,7 @@ def ring_class(core_mod: Any) -> type:
             else:
                 self.connecting.append(slot)
 
-        def _vet(self, conn: Any, idle: float) -> bool:
+        def _vet(self, conn: Any, idle: float, remaining: float = 0.0) -> bool:
             self.vetted.append((conn, idle))
             return self.vet_result
 

@@ -69,7 +69,7 @@ cdef class Core:
     cdef void _set_free_list(self, list slots)
     cdef int _grow_capacity(self, int capacity) except -1
     cdef object _held(self, int slot)
-    cdef object _try_get_c(self)
+    cdef object _try_get_c(self, object timeout, double *spent)
     cdef inline void _checkout_slot(self, int slot, double t)
     cdef Waiter _restore_slot(self, int slot, double t)
     cdef void _forget(self, int slot)

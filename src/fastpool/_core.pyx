@@ -198,28 +198,34 @@ cdef class Core:
         if self._ticks <= 0:
             self._ticks = TICK_EVERY
             self._on_tick()
-        conn = self._try_get_c()
+        cdef double spent = 0.0
+        conn = self._try_get_c(timeout, &spent)
         if conn is None:
-            conn = self._on_miss(timeout)
+            conn = self._on_miss(timeout, spent)
         return conn
 
-    def _try_get(self):
+    def _try_get(self, timeout=None):
         """An idle, vetted connection now (IN_USE), or None."""
-        return self._try_get_c()
+        cdef double spent = 0.0
+        return self._try_get_c(timeout, &spent)
 
-    cdef object _try_get_c(self):
+    cdef object _try_get_c(self, object timeout, double *spent):
+        # Health checks spend the caller's time: they stop at its deadline (start + timeout, or
+        # the pool's default), and ``spent`` tells _on_miss how much of it is gone.
         cdef int slot
-        cdef double t, idle
+        cdef double t, idle, start = -1.0, budget = -1.0, remaining
         cdef bint dead
         while True:
             if self._closed:
-                return None
+                break
             slot = self._pop_free()
             if slot < 0:
-                return None
+                break
             # Transition IDLE -> RESERVED: the slot is ours; Python may run from here on.
             self._state[slot] = RESERVED
             t = _clock()
+            if start < 0:
+                start = t
             conn = self._conns[slot]
             dead = self._alive_attr is not None and bool(getattr(conn, self._alive_attr))
             if dead or t >= self._expiry[slot]:
@@ -229,8 +235,20 @@ cdef class Core:
                 continue
             idle = t - self._last_used[slot]
             if idle >= self._check_after:
+                if budget < 0:
+                    budget = timeout if timeout is not None else self._default_timeout()
+                remaining = start + budget - t
+                if remaining <= 0:
+                    # The caller's time is up: put this one back, untested and still idle.
+                    if self._closed:
+                        self._retire(slot, conn)
+                    else:
+                        w = self._restore_slot(slot, self._last_used[slot])
+                        if w is not None:
+                            w.wake()
+                    break
                 try:
-                    ok = self._vet(conn, idle)
+                    ok = self._vet(conn, idle, remaining)
                 except BaseException:
                     self._abandon(slot, conn)  # interrupted (KeyboardInterrupt, greenlet kill)
                     raise
@@ -243,6 +261,9 @@ cdef class Core:
             if self._track:
                 self._on_checkout(slot)
             return conn
+        if start >= 0:
+            spent[0] = _clock() - start
+        return None
 
     cdef inline void _checkout_slot(self, int slot, double t):
         self._state[slot] = IN_USE
@@ -610,13 +631,16 @@ cdef class Core:
         assert self._nwaiting == sum(1 for w in self._waiters if (<Waiter>w).state == WAITING)
 
     # -- policy hooks (overridden by fastpool.pool) --------------------------------------------
-    def _on_miss(self, timeout):
+    def _on_miss(self, timeout, spent):
         raise NotImplementedError
+
+    def _default_timeout(self):
+        return 30.0
 
     def _on_return(self, slot, conn):
         raise NotImplementedError
 
-    def _vet(self, conn, idle):
+    def _vet(self, conn, idle, remaining):
         return True
 
     def _retire(self, slot, conn):

@@ -197,13 +197,16 @@ class Core:
         if self._ticks <= 0:
             self._ticks = TICK_EVERY
             self._on_tick()
-        conn = self._try_get()
+        spent = [0.0]
+        conn = self._try_get(timeout, spent)
         if conn is None:
-            conn = self._on_miss(timeout)
+            conn = self._on_miss(timeout, spent[0])
         return conn
 
-    def _try_get(self) -> Any:
-        """An idle, vetted connection now (IN_USE), or None."""
+    def _try_get(self, timeout: Optional[float] = None, spent: Optional[List[float]] = None) -> Any:
+        """An idle, vetted connection now (IN_USE), or None. Health checks spend the caller's
+        time: they stop at its deadline, and ``spent[0]`` says how much of it is gone."""
+        start = budget = None
         while True:
             vet = dead = False
             with self._lock:
@@ -211,6 +214,8 @@ class Core:
                 if slot < 0:
                     break
                 t = now()
+                if start is None:
+                    start = t
                 conn = self._conns[slot]
                 if self._alive_attr is not None and getattr(conn, self._alive_attr):
                     dead = True
@@ -227,8 +232,21 @@ class Core:
                         return conn
             if vet:
                 # Outside the lock: the slot is RESERVED, so it is ours alone.
+                if budget is None:
+                    budget = timeout if timeout is not None else self._default_timeout()
+                remaining = start + budget - t
+                if remaining <= 0:
+                    # The caller's time is up: put this one back, untested and still idle.
+                    with self._lock:
+                        w = None if self._closed else self._restore_locked(slot, self._last_used[slot])
+                        closed = self._closed
+                    if closed:
+                        self._retire(slot, conn)
+                    elif w is not None:
+                        w.wake()
+                    break
                 try:
-                    ok = self._vet(conn, idle)
+                    ok = self._vet(conn, idle, remaining)
                 except BaseException:
                     self._abandon(slot, conn)  # interrupted (KeyboardInterrupt, greenlet kill)
                     raise
@@ -245,6 +263,8 @@ class Core:
             if self._track:
                 self._on_checkout(slot)
             return conn
+        if spent is not None and start is not None:
+            spent[0] = now() - start
         return None
 
     def _checkout_locked(self, slot: int, t: float) -> None:
@@ -617,13 +637,16 @@ class Core:
             assert self._nwaiting == sum(1 for w in self._waiters if w.state == WAITING)
 
     # -- policy hooks (overridden by fastpool.pool) --------------------------------------------
-    def _on_miss(self, timeout: Optional[float]) -> Any:  # pragma: no cover - policy
+    def _on_miss(self, timeout: Optional[float], spent: float) -> Any:  # pragma: no cover - policy
         raise NotImplementedError
+
+    def _default_timeout(self) -> float:
+        return 30.0
 
     def _on_return(self, slot: int, conn: Any) -> None:  # pragma: no cover - policy
         raise NotImplementedError
 
-    def _vet(self, conn: Any, idle: float) -> bool:
+    def _vet(self, conn: Any, idle: float, remaining: float) -> bool:
         return True
 
     def _retire(self, slot: int, conn: Any) -> None:  # pragma: no cover - policy

@@ -19,6 +19,7 @@ or too idle, how to reset one, what to log. The core calls back into it only on 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import math
@@ -227,7 +228,10 @@ class PoolPolicy:
             reset == "discard" or callable(reset),
             leak_timeout is not None,
         )
-        self._workers = Workers(self.name)
+        self._workers = Workers(self.name)  # connects (may block for connect_timeout), returns
+        # Timers (watchdogs, maintenance) get a thread of their own that never connects, so a
+        # few connects hanging on a dead host cannot delay a watchdog.
+        self._timers = Workers(self.name + "-timers", nthreads=1)
         fork.track(self)
         if open:
             self.open()
@@ -243,7 +247,7 @@ class PoolPolicy:
             self._opened = True
             self._open_core()
         self._ensure_min()
-        self._workers.schedule(MAINTENANCE_INTERVAL, self._maintain)
+        self._timers.schedule(MAINTENANCE_INTERVAL, self._maintain)
         if wait:
             self.wait(timeout)
 
@@ -278,7 +282,9 @@ class PoolPolicy:
             w.wake()
         for slot, conn in self._take_all_idle():
             self._retire(slot, conn)
-        self._workers.stop(timeout)
+        deadline = monotonic() + timeout
+        self._timers.stop(timeout)
+        self._workers.stop(max(0.0, deadline - monotonic()))
 
     @property
     def closed(self) -> bool:
@@ -296,6 +302,7 @@ class PoolPolicy:
         try:
             if self._opened and not self._core_closed():
                 self._workers.stop(0)
+                self._timers.stop(0)
         except Exception:
             pass
 
@@ -310,23 +317,25 @@ class PoolPolicy:
         self._takers.clear()
         self._warned.clear()
         self._workers.after_fork_in_child()
+        self._timers.after_fork_in_child()
         if self._opened and not self._core_closed():
             self._ensure_min()
-            self._workers.schedule(MAINTENANCE_INTERVAL, self._maintain)
+            self._timers.schedule(MAINTENANCE_INTERVAL, self._maintain)
 
     # -- borrowing ------------------------------------------------------------------------------
     def connection(self, timeout: Optional[float] = None) -> _Borrow:
         """Context manager: a connection, committed on success, rolled back on error, returned."""
         return _Borrow(self, timeout)
 
-    def _on_miss(self, timeout: Optional[float]) -> Any:
-        """No idle connection could be handed out: queue and wait for a direct handoff."""
+    def _on_miss(self, timeout: Optional[float], spent: float = 0.0) -> Any:
+        """No idle connection could be handed out: queue and wait for a direct handoff, for what
+        is left of the caller's timeout (``spent`` went on health checks already)."""
         if self._core_closed():
             raise PoolClosed(f"pool {self.name!r} is {'closed' if self._opened else 'not open yet'}")
         if self._dead:
             self._drain_dead()
         wait_for = self._timeout if timeout is None else timeout
-        start = monotonic()
+        start = monotonic() - spent
         deadline = start + wait_for
         _green.ensure_wait_callback(self._green)
         while True:
@@ -340,7 +349,7 @@ class PoolPolicy:
                     self.putconn(conn)
                 raise
             if r == 1:  # RETRY: a connection became free between the miss and the enqueue
-                conn = self._try_get()
+                conn = self._try_get(max(deadline - monotonic(), 1e-6))
                 if conn is not None:
                     return conn
                 continue
@@ -405,13 +414,19 @@ class PoolPolicy:
             self._workers.try_submit(self._drain_orphans)
 
     # -- health ----------------------------------------------------------------------------------
-    def _vet(self, conn: Any, idle: float) -> bool:
-        return self._vet_fn is None or self._vet_fn(conn, idle, self._guarded)
+    def _vet(self, conn: Any, idle: float, remaining: float) -> bool:
+        if self._vet_fn is None:
+            return True
+        return self._vet_fn(conn, idle, functools.partial(self._guarded, limit=remaining))
 
-    def _guarded(self, fn: Callable[[Any], Any], conn: Any) -> Any:
+    def _default_timeout(self) -> float:
+        return self._timeout
+
+    def _guarded(self, fn: Callable[[Any], Any], conn: Any, limit: Optional[float] = None) -> Any:
         """``fn(conn)`` under a watchdog: a round trip to a frozen server cannot hang the caller
-        beyond min(ROUND_TRIP_TIMEOUT, timeout). False if the watchdog fired."""
-        dog = health.Watchdog(self._workers, conn, min(health.ROUND_TRIP_TIMEOUT, self._timeout))
+        beyond min(ROUND_TRIP_TIMEOUT, timeout, limit). False if the watchdog fired."""
+        seconds = min(health.ROUND_TRIP_TIMEOUT, self._timeout, limit if limit is not None else math.inf)
+        dog = health.Watchdog(self._timers, conn, seconds)
         try:
             result = fn(conn)
         finally:
@@ -481,7 +496,8 @@ class PoolPolicy:
                 # During a failure streak only one attempt is in flight at a time and it waits
                 # for the backoff: a dead server sees ~1 attempt per delay, not one per slot.
                 if self._probe_in_flight or now < self._next_attempt:
-                    retry_at = max(self._next_attempt, now + 0.01)
+                    # parked until the backoff allows; re-checked at most ~10 times a second
+                    retry_at = max(self._next_attempt, now + 0.1)
                     self._workers.schedule_at(retry_at, self._connect_slot, slot)
                     return
                 self._probe_in_flight = probing = True
@@ -603,7 +619,7 @@ class PoolPolicy:
             if self._leak_timeout is not None:
                 self._scan_leaks(now)
         finally:
-            self._workers.schedule(self._maintenance_interval(), self._maintain)
+            self._timers.schedule(self._maintenance_interval(), self._maintain)
 
     def _maintenance_interval(self) -> float:
         interval = MAINTENANCE_INTERVAL

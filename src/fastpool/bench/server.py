@@ -1,0 +1,72 @@
+"""The server the benchmark runs against: ``--dsn``, or an embedded throwaway PostgreSQL.
+
+The embedded server comes from the ``pgserver`` package (PostgreSQL binaries shipped as a wheel):
+a fresh cluster in a temporary directory, reached over a Unix socket, stopped and deleted when
+the ``with`` block ends -- normally, on an error or on Ctrl-C.  Under root, pgserver runs
+PostgreSQL as a dedicated ``pgserver`` OS user (PostgreSQL refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+
+@dataclass
+class Server:
+    dsn: str
+    embedded: bool
+    startup_s: Optional[float] = None
+    details: Dict[str, Any] = field(default_factory=dict)
+
+
+def _uri_to_keyvalue(uri: str) -> str:
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    params = {k: v for k, v in parse_dsn(uri).items() if v}
+    return make_dsn(**params)
+
+
+@contextmanager
+def embedded() -> Iterator[Server]:
+    """Start a throwaway PostgreSQL with pgserver; always stop it and delete its directory."""
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    tmp = Path(tempfile.mkdtemp(prefix="fastpool-bench-"))
+    handle = None
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            handle = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
+        startup = time.perf_counter() - t0
+        details = {"pgdata": str(tmp / "pgdata"), "uri": handle.get_uri()}
+        try:
+            from importlib.metadata import version
+
+            details["pgserver"] = version("pgserver")
+        except Exception:
+            pass
+        yield Server(_uri_to_keyvalue(handle.get_uri()), True, startup, details)
+    finally:
+        if handle is not None:
+            try:
+                handle.cleanup()  # pg_ctl stop (terminate/kill if that fails)
+            finally:
+                atexit.unregister(handle._cleanup)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def given(dsn: str) -> Iterator[Server]:
+    yield Server(dsn, False)
