@@ -74,7 +74,7 @@ _import_postgresql_backend_on_psycopg2()
 import os  # noqa: E402
 
 import psycopg2.extras  # noqa: E402
-from django.db import DEFAULT_DB_ALIAS  # noqa: E402
+from django.db import DEFAULT_DB_ALIAS, ProgrammingError  # noqa: E402
 from django.db.backends.postgresql import base as pg_base  # noqa: E402
 from django.db.backends.postgresql.creation import DatabaseCreation as PgDatabaseCreation  # noqa: E402
 from django.db.backends.postgresql.features import DatabaseFeatures as PgDatabaseFeatures  # noqa: E402
@@ -282,6 +282,14 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             return
         with self.wrap_database_errors:
             pool.putconn(conn)
+
+    def ensure_connection(self) -> None:
+        # Django >= 5.0 refuses this itself; 4.2 would quietly take a *new* pooled connection
+        # inside an atomic block whose connection was closed, running later queries outside
+        # the transaction the block thinks it has.
+        if self.connection is None and self.in_atomic_block and self.closed_in_transaction:
+            raise ProgrammingError("Cannot open a new connection in an atomic block.")
+        super().ensure_connection()
 
     def close_if_unusable_or_obsolete(self) -> None:
         """Called at the start and end of every request: give the connection back to the pool
