@@ -45,6 +45,7 @@ class Workers:
         self._lock = _original.allocate_lock()
         # entries are [when, seq, fn, args]; cancel() blanks fn (lazy deletion)
         self._heap: List[list] = []
+        self._ncancelled = 0  # blank entries still in the heap
         self._seq = itertools.count()
         self._nthreads_started = 0
         self._sleepers: List[Any] = []  # one real lock per idle thread, held until woken
@@ -93,11 +94,24 @@ class Workers:
             _original.start_new_thread(self._run, (running,))
         return entry
 
+    #: compact the heap when this many cancelled entries are in it and they are most of it:
+    #: watchdogs are scheduled and cancelled on every guarded round trip, seconds ahead.
+    COMPACT_AT = 100
+
     def cancel(self, entry: Optional[list]) -> None:
-        """Forget a scheduled call (it stays in the heap, blank, until its time comes)."""
-        if entry is not None:
+        """Forget a scheduled call."""
+        if entry is None or entry[2] is None:
+            return
+        with self._lock:
+            if entry[2] is None:
+                return
             entry[2] = None
             entry[3] = ()
+            self._ncancelled += 1
+            if self._ncancelled > self.COMPACT_AT and 2 * self._ncancelled > len(self._heap):
+                self._heap = [e for e in self._heap if e[2] is not None]
+                heapq.heapify(self._heap)
+                self._ncancelled = 0
 
     def _run(self, running: Any) -> None:
         ident = _original.get_ident()
@@ -113,6 +127,7 @@ class Workers:
                     if self._heap and self._heap[0][0] <= t:
                         _, _, fn, args = heapq.heappop(self._heap)
                         if fn is None:
+                            self._ncancelled -= 1
                             continue  # cancelled
                     else:
                         timeout = self._heap[0][0] - t if self._heap else -1
@@ -140,6 +155,7 @@ class Workers:
         with self._lock:
             self._stopping = True
             self._heap.clear()
+            self._ncancelled = 0
             for bell in self._sleepers:
                 bell.release()
             self._sleepers.clear()

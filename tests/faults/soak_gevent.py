@@ -35,7 +35,6 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from time import monotonic  # noqa: E402
 
 import gevent  # noqa: E402
@@ -297,7 +296,8 @@ def main() -> None:
     pool.close()
     print("RESULT " + json.dumps({"impl": IMPL, "seed": SEED, "checkouts": N, "wall": round(wall, 2),
                                   "counts": counts, "stats": st, "final_stats": final,
-                                  "curve": curve, "logs": dict(logs.counts), "workers": WORKERS, "spare_returning": SPARE_RETURNING, "max_size": MAX_SIZE},
+                                  "curve": curve, "logs": dict(logs.counts), "workers": WORKERS,
+                                  "spare_returning": SPARE_RETURNING, "max_size": MAX_SIZE},
                                  sort_keys=True), flush=True)
 
 

@@ -219,20 +219,21 @@ def summary_line(scenarios: Dict[str, dict]) -> Optional[str]:
     cyc = scenarios.get("cycle")
     if cyc and cyc.get("ref") == "fastpool-c":
         r = cyc["ratios"]
-        others = {k: v for k, v in r.items() if k != "fastpool-c" and v and not k.startswith("fastpool")}
+        others = {k: v for k, v in r.items() if v and not k.startswith("fastpool") and k != "toy"}
         if others:
             lo, hi = min(others.values()), max(others.values())
-            bits.append(f"checkout+return {lo:.1f}–{hi:.1f}× faster than the other pools")
+            if len(others) == 1:
+                bits.append(f"checkout+return {lo:.1f}× faster than {label(next(iter(others)))}")
+            else:
+                bits.append(f"checkout+return {lo:.1f}–{hi:.1f}× faster than the other pools")
     thr = scenarios.get("threads")
     if thr and thr.get("ref") == "fastpool-c" and thr["ratios"].get("dbutils"):
         bits.append(f"{thr['ratios']['dbutils']:.1f}× DBUtils' 8-thread throughput")
     grn = scenarios.get("green")
     if grn and (grn["results"].get("fastpool-c") or {}).get("share_of_limit"):
-        bits.append(f"{grn['results']['fastpool-c']['share_of_limit']:.0%} of the no-pool limit "
-                    f"with 1/{grn['config']['greenlets'] // grn['config']['size']} of the connections"
-                    if False else
-                    f"{grn['results']['fastpool-c']['share_of_limit']:.0%} of the no-pool limit "
-                    f"under {grn['config']['greenlets']} greenlets")
+        cfg = grn["config"]
+        bits.append(f"{grn['results']['fastpool-c']['share_of_limit']:.0%} of the no-pool limit with "
+                    f"{cfg['greenlets']} greenlets on {cfg['size']} connections")
     if not bits:
         return None
     return "fastpool (C core): " + "; ".join(bits) + "."

@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 
+class StartError(RuntimeError):
+    """The embedded server could not be started (message says what to do instead)."""
+
+
 @dataclass
 class Server:
     dsn: str
@@ -40,24 +44,32 @@ def embedded() -> Iterator[Server]:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
         warnings.simplefilter("ignore")
-        import pgserver
+        try:
+            import pgserver
+        except ImportError as exc:
+            raise StartError(f"cannot start an embedded PostgreSQL: {exc} (pip install pgserver); "
+                             "or pass --dsn to use a running server") from exc
 
     tmp = Path(tempfile.mkdtemp(prefix="fastpool-bench-"))
     handle = None
-    t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            handle = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
-        startup = time.perf_counter() - t0
-        details = {"pgdata": str(tmp / "pgdata"), "uri": handle.get_uri()}
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                handle = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
+            uri = handle.get_uri()
+        except Exception as exc:
+            raise StartError(f"could not start an embedded PostgreSQL with pgserver: "
+                             f"{type(exc).__name__}: {exc}; pass --dsn to use a running server") from exc
+        details = {"pgdata": str(tmp / "pgdata"), "uri": uri}
         try:
             from importlib.metadata import version
 
             details["pgserver"] = version("pgserver")
         except Exception:
             pass
-        yield Server(_uri_to_keyvalue(handle.get_uri()), True, startup, details)
+        yield Server(_uri_to_keyvalue(uri), True, time.perf_counter() - t0, details)
     finally:
         if handle is not None:
             try:
