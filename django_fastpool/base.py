@@ -73,6 +73,8 @@ _import_postgresql_backend_on_psycopg2()
 
 import os  # noqa: E402
 
+import django  # noqa: E402
+
 import psycopg2.extras  # noqa: E402
 from django.db import DEFAULT_DB_ALIAS, ProgrammingError  # noqa: E402
 from django.db.backends.postgresql import base as pg_base  # noqa: E402
@@ -122,9 +124,10 @@ class DatabaseFeatures(PgDatabaseFeatures):
             "backends.base.test_base.ConnectionHealthChecksTests."
             "test_set_autocommit_health_checks_enabled",
         }
-        skips["django_fastpool pools psycopg2 connections: OPTIONS['pool'] is not refused"] = {
-            "backends.postgresql.tests.Tests.test_connect_pool_setting_ignored_for_psycopg2",
-        }
+        if django.VERSION >= (5, 1):  # the test came with Django's native pool
+            skips["django_fastpool pools psycopg2 connections: OPTIONS['pool'] is not refused"] = {
+                "backends.postgresql.tests.Tests.test_connect_pool_setting_ignored_for_psycopg2",
+            }
         return skips
 
 
@@ -213,6 +216,14 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             if entry is not None and entry[0] == fingerprint:
                 return entry[1]
             configure = _make_configure(isolation, role, timezone_name, self.ops)
+            # Prove the settings once, synchronously, before any request waits on the pool: a
+            # wrong password, database or assume_role then fails now, as with Django's own
+            # backend, instead of as a PoolTimeout after the pool's timeout.
+            probe = psycopg2.connect(**conn_params)
+            try:
+                configure(probe)
+            finally:
+                probe.close()
             options = {"min_size": 0, **options}
             # A reset that wipes the session (DISCARD ALL, or the user's own) must be followed by
             # the per-connection setup again: time zone and assumed role would be lost.
@@ -298,6 +309,11 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         if self.connection is not None:
             self.health_check_done = False
             self.close()
+
+    def is_usable(self) -> bool:
+        if self.connection is None:  # given back to the pool (Django 4.2 does not check)
+            return False
+        return super().is_usable()
 
     def close_if_health_check_failed(self) -> None:
         if self.alias == NO_DB_ALIAS:
