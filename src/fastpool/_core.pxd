@@ -55,6 +55,11 @@ cdef class Core:
     cdef object _alive_attr
     cdef bint _always_slow
     cdef bint _track
+    cdef object _slot_attr
+    # probes and the alive check pre-resolved on one connection class (see _core_set_type)
+    cdef object _fast_type
+    cdef tuple _fast_probes
+    cdef object _fast_alive
     # counters
     cdef long _requests_num
     cdef long _requests_queued

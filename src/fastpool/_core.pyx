@@ -23,6 +23,17 @@ from cpython.weakref cimport PyWeakref_GetObject
 cdef extern from "Python.h":
     # 3.9+: calls obj.name() without materialising a bound-method object.
     object PyObject_CallMethodNoArgs(object obj, object name)
+    object PyObject_CallOneArg(object func, object arg)
+
+cdef extern from *:
+    """
+    /* descr.__get__(obj, type(obj)) straight through the slot: no MRO walk, no dict probe. */
+    static PyObject *fastpool_descr_get(PyObject *descr, PyObject *obj) {
+        descrgetfunc f = Py_TYPE(descr)->tp_descr_get;
+        return f(descr, obj, (PyObject *)Py_TYPE(obj));
+    }
+    """
+    object fastpool_descr_get(object descr, object obj)
 from libc.math cimport INFINITY
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -111,6 +122,43 @@ cdef class Core:
         self._alive_attr = alive_attr
         self._always_slow = bool(always_slow)
         self._track = bool(track)
+        self._fast_type = None  # probes changed: _core_set_type() must resolve them again
+        self._fast_probes = None
+        self._fast_alive = None
+
+    def _core_set_type(self, cls):
+        """All connections are expected to be of class ``cls`` (None: no expectation). For
+        objects of exactly that class, the probes and the alive check use descriptors resolved
+        once on ``cls`` instead of a full attribute lookup per call; any other object still
+        gets the generic lookups, so a stray type is only slower, never wrong."""
+        cdef list fast = []
+        self._fast_type = None
+        self._fast_probes = None
+        self._fast_alive = None
+        if cls is None:
+            return
+        for name, expected, is_call in self._probes:
+            d = _data_descriptor(cls, name)
+            if is_call:
+                fn = getattr(cls, name, None)
+                if fn is None or d is not None:
+                    return
+                fast.append((fn, expected, True))
+            elif d is None:
+                return
+            else:
+                fast.append((d, expected, False))
+        if self._alive_attr is not None:
+            self._fast_alive = _data_descriptor(cls, self._alive_attr)
+            if self._fast_alive is None:
+                return
+        self._fast_probes = tuple(fast)
+        self._fast_type = cls
+
+    def _core_set_slot_attr(self, name):
+        """Connections have a writable attribute ``name`` (None: they do not): the ring stores
+        each one's slot number there, so putconn finds it without the address map."""
+        self._slot_attr = name
 
     def _open_core(self):
         self._closed = False
@@ -227,7 +275,10 @@ cdef class Core:
             if start < 0:
                 start = t
             conn = self._conns[slot]
-            dead = self._alive_attr is not None and bool(getattr(conn, self._alive_attr))
+            if self._fast_alive is not None and type(conn) is self._fast_type:
+                dead = bool(fastpool_descr_get(self._fast_alive, conn))
+            else:
+                dead = self._alive_attr is not None and bool(getattr(conn, self._alive_attr))
             if dead or t >= self._expiry[slot]:
                 if dead:
                     self._connections_lost += 1
@@ -283,7 +334,18 @@ cdef class Core:
         cdef tuple probe
         if self._dead:
             self._drain_dead()
-        slot = self._slot_of.get(<Py_ssize_t><void *>conn, -1)
+        slot = -1
+        if self._slot_attr is not None:
+            # The pool's own connection class carries its slot number: an attribute read
+            # instead of an address -> slot lookup (a PyLong and a dict probe). It is only a
+            # hint: the identity check below still decides.
+            hint = getattr(conn, self._slot_attr, None)
+            if hint is not None:
+                slot = hint
+                if slot >= self._cap:
+                    slot = -1
+        if slot < 0:
+            slot = self._slot_of.get(<Py_ssize_t><void *>conn, -1)
         if slot < 0 or self._held(slot) is not conn:
             raise self.misuse_error("putconn(): this connection does not belong to this pool")
         if self._state[slot] != IN_USE:
@@ -302,15 +364,25 @@ cdef class Core:
         )
         if not slow:
             try:
-                for probe in self._probes:
-                    if probe[2]:
-                        value = PyObject_CallMethodNoArgs(conn, probe[0])
-                    else:
-                        value = getattr(conn, <str>probe[0])
-                    # identity first: expected values are small ints, None and bools
-                    if value is not probe[1] and not PyObject_RichCompareBool(value, probe[1], Py_EQ):
-                        slow = True
-                        break
+                if type(conn) is self._fast_type:
+                    for probe in self._fast_probes:
+                        if probe[2]:
+                            value = PyObject_CallOneArg(probe[0], conn)
+                        else:
+                            value = fastpool_descr_get(probe[0], conn)
+                        # identity first: expected values are small ints, None and bools
+                        if value is not probe[1] and not PyObject_RichCompareBool(value, probe[1], Py_EQ):
+                            slow = True
+                            break
+                else:
+                    for probe in self._probes:
+                        if probe[2]:
+                            value = PyObject_CallMethodNoArgs(conn, probe[0])
+                        else:
+                            value = getattr(conn, <str>probe[0])
+                        if value is not probe[1] and not PyObject_RichCompareBool(value, probe[1], Py_EQ):
+                            slow = True
+                            break
             except Exception:
                 slow = True  # a probe that fails says the connection is not clean
         if slow or self._closed:
@@ -456,6 +528,11 @@ cdef class Core:
         self._gen[slot] = self._generation
         self._slot_of[key] = slot
         self._keys[slot] = key
+        if self._slot_attr is not None:
+            try:
+                setattr(conn, self._slot_attr, slot)
+            except (AttributeError, TypeError):
+                pass  # the address map still works
         w = self._restore_slot(slot, _clock())
         if w is not None:
             w.wake()
@@ -657,6 +734,19 @@ cdef class Core:
 
     def _on_tick(self):
         pass
+
+
+def _data_descriptor(cls, name):
+    """The data descriptor (slot, member, property: has __get__ and __set__) that ``name``
+    resolves to on ``cls``, or None if it resolves to anything else."""
+    for klass in cls.__mro__:
+        d = klass.__dict__.get(name)
+        if d is not None:
+            t = type(d)
+            if hasattr(t, "__get__") and hasattr(t, "__set__"):
+                return d
+            return None
+    return None
 
 
 cdef void *_realloc(void *p, size_t n) except NULL:

@@ -108,6 +108,7 @@ class Core:
         self._alive_attr: Optional[str] = None  # attribute that must be falsy at checkout ("closed")
         self._always_slow = False  # every return goes through _on_return (e.g. reset="discard")
         self._track = False  # call _on_checkout(slot) after every checkout
+        self._slot_attr: Optional[str] = None  # see _core_set_slot_attr
         # Counters.
         self._requests_num = 0
         self._requests_queued = 0
@@ -126,6 +127,14 @@ class Core:
         self._alive_attr = alive_attr
         self._always_slow = bool(always_slow)
         self._track = bool(track)
+
+    def _core_set_type(self, cls: Optional[type]) -> None:
+        """The compiled core pre-resolves probes on this class; the twin needs nothing."""
+
+    def _core_set_slot_attr(self, name: Optional[str]) -> None:
+        """Connections have a writable attribute ``name`` (None: they do not): the ring stores
+        each one's slot number there, so putconn finds it without the address map."""
+        self._slot_attr = name
 
     def _open_core(self) -> None:
         self._closed = False
@@ -281,7 +290,13 @@ class Core:
         if self._dead:
             self._drain_dead()
         with self._lock:
-            slot = self._slot_of.get(id(conn), -1)
+            slot = -1
+            if self._slot_attr is not None:
+                hint = getattr(conn, self._slot_attr, None)  # a hint; identity decides below
+                if isinstance(hint, int) and 0 <= hint < self._cap:
+                    slot = hint
+            if slot < 0:
+                slot = self._slot_of.get(id(conn), -1)
             if slot < 0 or not self._holds(slot, conn):
                 raise self.misuse_error("putconn(): this connection does not belong to this pool")
             if self._state[slot] != IN_USE:
@@ -432,6 +447,11 @@ class Core:
             self._gen[slot] = self._generation
             self._slot_of[id(conn)] = slot
             self._keys[slot] = id(conn)
+            if self._slot_attr is not None:
+                try:
+                    setattr(conn, self._slot_attr, slot)
+                except (AttributeError, TypeError):
+                    pass  # the address map still works
             w = self._restore_locked(slot, now())
         if w is not None:
             w.wake()

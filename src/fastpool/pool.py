@@ -37,6 +37,7 @@ import psycopg2
 from . import _impl, _original, fork, green as _green, health, reset as _reset
 from .conninfo import ConnInfo, Scrubber, describe, validate_conninfo
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from . import tracking
 from .tracking import tracked_class
 from .workers import Workers
 
@@ -593,6 +594,8 @@ class PoolPolicy:
                 self._reset_mode == "discard" or callable(self._reset_mode),
                 self._leak_timeout is not None,
             )
+            self._core_set_type(type(conn))
+            self._core_set_slot_attr(tracking.SLOT if tracking.is_tracked(conn) else None)
             self._probes_set = True
 
     def _check_after_value(self) -> float:

@@ -15,6 +15,8 @@ from typing import Any, Dict, Type
 from psycopg2.extensions import connection as _pg_connection
 
 DIRTY = "_fastpool_dirty"
+#: where the core ring keeps the connection's slot number (see Core._core_set_slot_attr)
+SLOT = "_fastpool_slot"
 _TRACKED = ("autocommit", "isolation_level", "readonly", "deferrable")
 _cache: Dict[type, type] = {}
 
@@ -50,7 +52,7 @@ def tracked_class(base: Type[Any] = _pg_connection) -> Type[Any]:
         self._fastpool_dirty = True
 
     ns: Dict[str, Any] = {
-        "__slots__": (DIRTY,),
+        "__slots__": (DIRTY, SLOT),
         "__init__": __init__,
         "set_session": set_session,
         "set_isolation_level": set_isolation_level,
