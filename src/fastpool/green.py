@@ -24,6 +24,8 @@ import sys
 from time import monotonic
 from typing import Any, Callable, Optional, Tuple
 
+import collections
+import os
 import select
 
 import psycopg2
@@ -33,20 +35,22 @@ from . import _original
 from .waiting import Wait, thread_waiter
 from .workers import WORKER_THREADS
 
-#: seconds between re-checks for a waiter that cannot be woken directly (eventlet without
-#: monkey-patching woken from a real thread): bounds the extra latency of that rare case.
-CROSS_THREAD_POLL = 0.01
+
+_get_gevent_hub: Optional[Callable[[], Any]] = None
 
 
 def _gevent_hub() -> Any:
-    gevent = sys.modules.get("gevent")
-    if gevent is None:
-        return None
-    try:
-        from gevent._hub_local import get_hub_if_exists
-    except ImportError:  # pragma: no cover - very old gevent
-        return None
-    return get_hub_if_exists()
+    """This OS thread's gevent hub, or None (never creates one)."""
+    global _get_gevent_hub
+    if _get_gevent_hub is None:
+        if "gevent" not in sys.modules:
+            return None
+        try:
+            from gevent._hub_local import get_hub_if_exists
+        except ImportError:  # pragma: no cover - very old gevent
+            return None
+        _get_gevent_hub = get_hub_if_exists
+    return _get_gevent_hub()
 
 
 def _eventlet_hub() -> Any:
@@ -85,52 +89,115 @@ def make_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
     return thread_waiter(waiter_cls)
 
 
-def _gevent_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
-    from gevent.lock import Semaphore
+_TIMED_OUT = object()
 
-    sem = Semaphore(0)
+
+def _gevent_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
+    # gevent's low-level hub Waiter and a raw loop timer: the cheapest way to park a greenlet
+    # (a Semaphore plus a Timeout object per wait cost several times more, and with 1000
+    # greenlets sharing 10 connections that CPU is taken from the queries).
+    from gevent.hub import Waiter as HubWaiter
+
     hub = _gevent_hub()
+    parked = HubWaiter(hub)
+    owner = _original.get_ident()
+    loop = hub.loop
 
     def wake() -> None:
-        if _gevent_hub() is hub:
-            sem.release()
+        if _original.get_ident() == owner:
+            loop.run_callback(parked.switch, None)
         else:
-            # Woken from another OS thread (a native background worker): gevent objects are
-            # not thread-safe, so let the waiter's own hub do the release.
-            hub.loop.run_callback_threadsafe(sem.release)
+            # From another OS thread (a fastpool worker): gevent objects are not thread-safe,
+            # so let the waiter's own hub make the switch.
+            loop.run_callback_threadsafe(parked.switch, None)
 
     def wait(timeout: Optional[float]) -> bool:
-        return sem.acquire(timeout=None if timeout is None else max(0.0, timeout))
+        timer = None
+        if timeout is not None:
+            timer = loop.timer(max(0.0, timeout))
+            timer.start(parked.switch, _TIMED_OUT)
+        try:
+            return parked.get() is not _TIMED_OUT
+        finally:
+            if timer is not None:
+                timer.close()
 
     return waiter_cls(wake), wait
 
 
-def _eventlet_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
-    from eventlet import patcher
-    from eventlet.semaphore import Semaphore
+class _EventletDoorbell:
+    """Wakes greenthreads of one eventlet hub from other OS threads: eventlet has no thread-safe
+    call, so the ringing thread queues the call and writes a byte to a pipe that a greenthread
+    of the hub reads (one pipe per hub, not per waiter)."""
 
-    get_ident = patcher.original("_thread").get_ident
-    sem = Semaphore(0)
-    owner = get_ident()
-    w = waiter_cls(None)
+    def __init__(self) -> None:
+        import eventlet
+
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._pending: "collections.deque[Callable[[], Any]]" = collections.deque()
+        eventlet.spawn_n(self._serve)
+
+    def _serve(self) -> None:
+        from eventlet.hubs import trampoline
+
+        while True:
+            trampoline(self._r, read=True)
+            try:
+                os.read(self._r, 4096)
+            except BlockingIOError:
+                pass
+            while self._pending:
+                self._pending.popleft()()
+
+    def ring(self, fn: Callable[[], Any]) -> None:
+        self._pending.append(fn)  # deque.append is atomic: safe from any thread
+        try:
+            os.write(self._w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the reader is already due to run
+
+
+def _eventlet_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
+    # The hub's own switch and timers (what eventlet's Event does), not a Semaphore plus a
+    # Timeout object per wait: with 1000 greenthreads that CPU is taken from the queries.
+    import greenlet
+
+    hub = _eventlet_hub()
+    doorbell = getattr(hub, "_fastpool_doorbell", None)
+    if doorbell is None:
+        doorbell = hub._fastpool_doorbell = _EventletDoorbell()
+    me = greenlet.getcurrent()
+    owner = _original.get_ident()
+    parked = [False]  # True only while this greenthread sits in wait()'s hub.switch()
+
+    def resume(value: Any) -> None:
+        # Runs in the hub: switch in only if still parked here (a wake after a timeout, or a
+        # timeout after a wake, must not jump into unrelated code).
+        if parked[0]:
+            parked[0] = False
+            me.switch(value)
 
     def wake() -> None:
-        # eventlet has no thread-safe callback: from another OS thread, leave it to the
-        # waiter's periodic re-check (the handoff is already recorded in w.state).
-        if get_ident() == owner:
-            sem.release()
+        if _original.get_ident() == owner:
+            hub.schedule_call_global(0, resume, None)
+        else:
+            doorbell.ring(lambda: hub.schedule_call_global(0, resume, None))
 
     def wait(timeout: Optional[float]) -> bool:
-        deadline = None if timeout is None else monotonic() + max(0.0, timeout)
-        while True:
-            left = CROSS_THREAD_POLL if deadline is None else min(CROSS_THREAD_POLL, deadline - monotonic())
-            if left <= 0:
-                return False
-            if sem.acquire(timeout=left) or w.state != 0:  # 0 = WAITING
-                return True
+        timer = None
+        if timeout is not None:
+            timer = hub.schedule_call_global(max(0.0, timeout), resume, _TIMED_OUT)
+        parked[0] = True
+        try:
+            return hub.switch() is not _TIMED_OUT
+        finally:
+            parked[0] = False
+            if timer is not None:
+                timer.cancel()
 
-    w.wake = wake
-    return w, wait
+    return waiter_cls(wake), wait
 
 
 def _bare_greenlet_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
