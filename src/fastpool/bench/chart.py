@@ -44,7 +44,7 @@ def _bars(scen: dict, metric: str) -> List[Tuple[str, str, float, str]]:
             colour = BASELINE  # baselines and references, not products
         else:
             colour = OTHER
-        bars.append((name, label(name), float(value), colour))
+        bars.append((name, r.get("label") or label(name), float(value), colour))
     return bars
 
 
@@ -83,7 +83,10 @@ def draw(scenarios: Dict[str, dict], path: str, subtitle: str = "") -> str:
                 text += "  (reference)"
             elif ref and value and not name.startswith("_"):
                 ratio = value / ref if lower else ref / value
-                text += "  (" + times(ratio, "slower" if lower else "less", "faster" if lower else "more") + ")"
+                if round(ratio, 1) == 1:
+                    text += "  (same)"
+                else:
+                    text += "  (" + times(ratio, "slower" if lower else "less", "faster" if lower else "more") + ")"
             ax.text(value + top * 0.01, i, text, va="center", fontsize=7)
         ax.set_xlim(0, top * 1.35)
         for side in ("top", "right"):

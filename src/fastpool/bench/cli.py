@@ -100,11 +100,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             else:
                 progress.note("starting an embedded PostgreSQL (pgserver) in a temporary directory ...")
                 srv_cm = server.embedded()
+            srv = None
             try:
                 with srv_cm as srv:
                     return _run(args, scenarios, only, srv, out, progress, started)
             finally:
-                if not args.dsn:
+                if srv is not None and srv.embedded:
                     progress.note("embedded PostgreSQL stopped and its directory removed")
     except KeyboardInterrupt:
         progress.close()
@@ -172,7 +173,7 @@ def _run(args: argparse.Namespace, scenarios: List[str], only: Optional[List[str
         return 1
     specs_all = peers.SPECS if only is None else [peers.BY_NAME[n] for n in only]
     specs = [s for s in specs_all if s.available()]
-    notes: Dict[str, str] = {s.name: s.note for s in specs_all if s.note}
+    notes: Dict[str, str] = {s.name: peers.describe_missing(s) for s in specs_all if s.note}
     versions = _versions(specs_all)
     _header(out, args, info, srv, specs_all, versions)
 
@@ -195,12 +196,14 @@ def _run(args: argparse.Namespace, scenarios: List[str], only: Optional[List[str
             names = green.QUICK_CONTENDERS if args.quick else green.CONTENDERS
             if only is not None:
                 names = [n for n in names if n in only or n == "nopool"]
-            results[name] = green.scenario_green(srv.dsn, gcfg, notes, progress, names=names)
-            report.report_green(out, results[name])
+            res = green.scenario_green(srv.dsn, gcfg, notes, progress, names=names)
+            if res is not None:
+                results[name] = res
+                report.report_green(out, res)
 
     targets = cycle.targets(results.get("cycle"), results.get("threads"))
-    if "green" in results:
-        targets += green.targets(results["green"])
+    if "green" in scenarios:
+        targets += green.targets(results.get("green"), why=notes.get("green"))
     report.print_targets(out, targets)
     headline = report.summary_line(results)
     if headline:
@@ -232,8 +235,8 @@ def _run(args: argparse.Namespace, scenarios: List[str], only: Optional[List[str
     if args.json:
         doc = {
             "tool": "fastpool bench",
-            "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "fastpool", "bench",
-                                                        *([] if args is None else _argv_of(args))]),
+            "command": " ".join(shlex.quote(a) for a in
+                                [sys.executable, "-m", "fastpool", "bench", *_argv_of(args)]),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "mode": "quick" if args.quick else "normal",
             "config": {"threads": cfg, "green": gcfg},

@@ -425,8 +425,14 @@ def scenario_threads(specs: list, dsn: str, cfg: dict, notes: Notes, progress: A
 # ----------------------------------------------------------------------------- targets
 
 
-def _target(name: str, target: str, value: Optional[float], ok: Optional[bool], detail: str) -> dict:
-    return {"name": name, "target": target, "value": value, "ok": ok, "detail": detail}
+def target(name: str, goal: str, value: Optional[float], ok: Optional[bool], detail: str) -> dict:
+    """A target's record: ``ok`` True (PASS), False (MISS) or None (not measured: ``detail`` says why)."""
+    return {"name": name, "target": goal, "value": value, "ok": ok, "detail": detail}
+
+
+def _missing(res: dict, *names: str) -> str:
+    gone = [n for n in names if n not in res]
+    return f"not measured ({', '.join(gone)} missing: see the notes)"
 
 
 def targets(cycle: Optional[dict], threads: Optional[dict]) -> List[dict]:
@@ -439,17 +445,17 @@ def targets(cycle: Optional[dict], threads: Optional[dict]) -> List[dict]:
         if c1:
             v = c1["best_ns"]
             detail = f"{v:.0f} ns" + ("" if v <= TARGET_NS else f" ({v / TARGET_NS:.2f}× the target)")
-            ts.append(_target("cycle_ns", tgt, v, v <= TARGET_NS, detail))
+            ts.append(target("cycle_ns", tgt, v, v <= TARGET_NS, detail))
         else:
-            ts.append(_target("cycle_ns", tgt, None, None, "fastpool C core not measured"))
+            ts.append(target("cycle_ns", tgt, None, None, _missing(res, REF)))
         tgt = f"fastpool C core ≥ {TARGET_VS_PSYCOPG_POOL:g}× faster than psycopg_pool per cycle"
         if c1 and pp:
             r = pp["best_ns"] / c1["best_ns"]
-            ts.append(_target("cycle_vs_psycopg_pool", tgt, r, r >= TARGET_VS_PSYCOPG_POOL,
+            ts.append(target("cycle_vs_psycopg_pool", tgt, r, r >= TARGET_VS_PSYCOPG_POOL,
                               f"{r:.1f}× ({pp['best_ns']:,.0f} ns vs {c1['best_ns']:,.0f} ns)"))
         else:
-            ts.append(_target("cycle_vs_psycopg_pool", tgt, None, None,
-                              "not measured (fastpool C core or psycopg_pool missing)"))
+            ts.append(target("cycle_vs_psycopg_pool", tgt, None, None,
+                              _missing(res, REF, "psycopg_pool")))
     if threads is not None:
         res = threads["results"]
         c3, db = res.get(REF), res.get("dbutils")
@@ -458,8 +464,7 @@ def targets(cycle: Optional[dict], threads: Optional[dict]) -> List[dict]:
         if c3 and db and db["cycles_per_s"] > 0:
             r = c3["cycles_per_s"] / db["cycles_per_s"]
             ok = r >= TARGET_VS_DBUTILS and c3["errors"] == 0 and not c3["hung_threads"]
-            ts.append(_target("threads_vs_dbutils", tgt, r, ok, f"{r:.2f}×, {c3['errors']} errors"))
+            ts.append(target("threads_vs_dbutils", tgt, r, ok, f"{r:.2f}×, {c3['errors']} errors"))
         else:
-            ts.append(_target("threads_vs_dbutils", tgt, None, None,
-                              "not measured (fastpool C core or DBUtils missing)"))
+            ts.append(target("threads_vs_dbutils", tgt, None, None, _missing(res, REF, "dbutils")))
     return ts

@@ -468,16 +468,15 @@ def runnable(names: List[str], hub: str, notes: Dict[str, str]) -> List[str]:
     from . import peers
 
     if find_spec(hub) is None:
-        for n in names:
-            notes.setdefault(f"green:{n}", f"skipped: {hub} is not installed (pip install {hub})")
+        notes["green"] = f"skipped: {hub} is not installed (pip install {hub})"
         return []
     have_psycogreen = find_spec("psycogreen") is not None
     out = []
     for n in names:
-        if n in NEEDS_PSYCOGREEN and not have_psycogreen:
+        if n in peers.BY_NAME and not peers.BY_NAME[n].available():
+            notes.setdefault(n, peers.describe_missing(peers.BY_NAME[n]))  # same note as elsewhere
+        elif n in NEEDS_PSYCOGREEN and not have_psycogreen:
             notes[f"green:{n}"] = "skipped: psycogreen is not installed (pip install psycogreen)"
-        elif n in peers.BY_NAME and not peers.BY_NAME[n].available():
-            notes[f"green:{n}"] = peers.BY_NAME[n].note or "skipped"
         else:
             out.append(n)
     if "nopool" in out and not have_psycogreen:
@@ -487,8 +486,10 @@ def runnable(names: List[str], hub: str, notes: Dict[str, str]) -> List[str]:
 
 def scenario_green(dsn: str, cfg: dict, notes: Dict[str, str], progress: Any = None,
                    names: Optional[List[str]] = None, hub: str = "gevent",
-                   on_round: Optional[Callable[[int, str, dict], None]] = None) -> dict:
+                   on_round: Optional[Callable[[int, str, dict], None]] = None) -> Optional[dict]:
     """Run every runnable contender ``cfg["repeat"]`` times, interleaved; summarise.
+
+    None if nothing can run here (``notes["green"]`` says why).
 
     Returns ``{"ref", "metric", "better", "ratio_meaning", "ratios", "results", ...}`` like the
     thread scenarios, plus ``limit_qps`` and each result's ``share_of_limit``.
@@ -497,6 +498,9 @@ def scenario_green(dsn: str, cfg: dict, notes: Dict[str, str], progress: Any = N
 
     progress = progress or NO_PROGRESS
     names = runnable(list(names or CONTENDERS), hub, notes)
+    if not names:
+        notes.setdefault("green", "skipped: no contender can run")
+        return None
     runs: Dict[str, list] = {n: [] for n in names}
     with progress.task(f"green: {cfg['greenlets']} greenlets, {cfg['size']} connections ({hub})",
                        len(names) * cfg["repeat"]) as task:
@@ -521,34 +525,35 @@ def scenario_green(dsn: str, cfg: dict, notes: Dict[str, str], progress: Any = N
     return out
 
 
-def targets(green: Optional[dict], names=(REF,)) -> List[dict]:
-    """PASS/MISS records for the greenlet targets of each fastpool contender in ``names``."""
-    if green is None:
-        return []
+def targets(green: Optional[dict], names=(REF,), why: Optional[str] = None) -> List[dict]:
+    """PASS/MISS records for the greenlet targets of each fastpool contender in ``names``.
+
+    ``green`` None (the scenario could not run): N/A records saying ``why``.
+    """
+    from .cycle import target
+
+    size = green["config"]["size"] if green else NORMAL["size"]
     ts: List[dict] = []
-    size = green["config"]["size"]
     for n in names:
-        s = green["results"].get(n)
         who = "fastpool C core" if n == "fastpool-c" else LABELS.get(n, n)
+        goals = {"share": f"greenlets: {who} ≥ {TARGET_SHARE:.0%} of the no-pool limit",
+                 "peak": f"greenlets: {who} peak server connections = {size}",
+                 "errors": f"greenlets: {who} 0 errors"}
+        s = (green or {}).get("results", {}).get(n)
         if s is None or s.get("qps_median") is None:
-            why = (s or {}).get("note") or "not measured"
-            for key, what in (("share", f"≥ {TARGET_SHARE:.0%} of the no-pool limit"),
-                              ("peak", f"peak server connections = {size}"), ("errors", "0 errors")):
-                ts.append({"name": f"green_{key}", "target": f"greenlets: {who} {what}", "value": None,
-                           "ok": None, "detail": why})
+            reason = why or (s or {}).get("note") or "not measured"
+            ts += [target(f"green_{k}:{n}", g, None, None, reason) for k, g in goals.items()]
             continue
         share = s.get("share_of_limit")
-        ts.append({"name": f"green_share:{n}", "target": f"greenlets: {who} ≥ {TARGET_SHARE:.0%} of the no-pool limit",
-                   "value": share, "ok": None if share is None else share >= TARGET_SHARE,
-                   "detail": ("no-pool limit not measured" if share is None else
-                              f"{share:.1%} ({s['qps_median']:,.0f} vs {green['limit_qps']:,.0f} q/s)")})
-        ts.append({"name": f"green_peak:{n}", "target": f"greenlets: {who} peak server connections = {size}",
-                   "value": s.get("peak_conns"), "ok": s.get("peak_conns") == size,
-                   "detail": f"{s.get('peak_conns')}"})
+        ts.append(target(f"green_share:{n}", goals["share"], share,
+                         None if share is None else share >= TARGET_SHARE,
+                         "no-pool limit not measured" if share is None else
+                         f"{share:.1%} ({s['qps_median']:,.0f} vs {green['limit_qps']:,.0f} queries/s)"))
+        ts.append(target(f"green_peak:{n}", goals["peak"], s.get("peak_conns"),
+                         s.get("peak_conns") == size, f"{s.get('peak_conns')}"))
         clean = s.get("status") == "ok" and s.get("errors") == 0 and not s.get("missing_queries")
-        ts.append({"name": f"green_errors:{n}", "target": f"greenlets: {who} 0 errors",
-                   "value": s.get("errors"), "ok": clean,
-                   "detail": f"{s.get('errors')}" + ("" if s.get("status") == "ok" else f" ({s.get('status')})")})
+        ts.append(target(f"green_errors:{n}", goals["errors"], s.get("errors"), clean,
+                         f"{s.get('errors')}" + ("" if s.get("status") == "ok" else f" ({s.get('status')})")))
     return ts
 
 
@@ -613,8 +618,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     notes: Dict[str, str] = {}
     res = scenario_green(args.dsn, cfg, notes, names=names, hub=args.hub, on_round=on_round)
-    report_green(out, res, detailed=True)
-    ts = targets(res, [n for n in FASTPOOL if n in res["results"]])
+    if res is not None:
+        report_green(out, res, detailed=True)
+    ts = targets(res, [n for n in FASTPOOL if n in names], why=notes.get("green"))
     print_targets(out, ts)
     for k, v in notes.items():
         out.line(f"note: {k}: {v}")

@@ -320,6 +320,17 @@ SPECS: list[Spec] = [
 
 BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
 
+# What to install for a peer whose import fails.
+PIP = {"psycopg_pool": "psycopg-pool 'psycopg[binary]'", "sqlalchemy": "SQLAlchemy",
+       "dbutils": "DBUtils"}
+
+
+def describe_missing(spec: Spec) -> str:
+    """Why ``spec`` is skipped, for humans: "not installed (pip install ...)" or its note."""
+    if (spec.note or "").startswith("skipped: ModuleNotFoundError") and spec.name in PIP:
+        return f"not installed (pip install {PIP[spec.name]})"
+    return spec.note or "skipped"
+
 
 def get_spec(name: str) -> Spec:
     return BY_NAME[name]

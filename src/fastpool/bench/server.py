@@ -9,7 +9,9 @@ PostgreSQL as a dedicated ``pgserver`` OS user (PostgreSQL refuses to run as roo
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
+import signal
 import tempfile
 import time
 import warnings
@@ -71,12 +73,67 @@ def embedded() -> Iterator[Server]:
             pass
         yield Server(_uri_to_keyvalue(uri), True, time.perf_counter() - t0, details)
     finally:
-        if handle is not None:
-            try:
-                handle.cleanup()  # pg_ctl stop (terminate/kill if that fails)
-            finally:
-                atexit.unregister(handle._cleanup)
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if handle is not None:
+                try:
+                    handle.cleanup()  # pg_ctl stop (terminate/kill if that fails)
+                finally:
+                    atexit.unregister(handle._cleanup)
+            else:  # interrupted while starting: a postmaster may be up already
+                _stop_postmaster(tmp / "pgdata")
+        finally:
+            # initdb's own children (postgres --boot / --single) outlive an interrupted initdb and
+            # would keep writing into the directory while it is being removed.
+            _kill_leftovers(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.exists():
+                time.sleep(0.5)
+                _kill_leftovers(tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill_leftovers(root: Path, timeout: float = 5.0) -> None:
+    """Kill every process whose working directory is inside ``root`` (PostgreSQL chdirs to its
+    data directory), and wait for them."""
+    try:
+        import psutil  # a pgserver dependency
+    except ImportError:
+        return
+    prefix = str(root)
+    procs = []
+    for proc in psutil.process_iter(["cwd"]):
+        cwd = proc.info.get("cwd") or ""
+        if cwd == prefix or cwd.startswith(prefix + os.sep):
+            procs.append(proc)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=timeout)
+
+
+def _stop_postmaster(pgdata: Path, timeout: float = 10.0) -> None:
+    """Fast-shutdown the postmaster recorded in ``pgdata`` (if any) and wait for it to exit."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+    except OSError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 @contextmanager
