@@ -227,31 +227,8 @@ def _patched(kind: str) -> bool:
     return patcher is not None and patcher.is_monkey_patched("socket")
 
 
-def _native_wait(conn: Any) -> None:
-    """Block this OS thread until libpq can proceed (a fastpool worker thread: no hub here)."""
-    while True:
-        state = conn.poll()
-        if state == extensions.POLL_OK:
-            return
-        if state == extensions.POLL_READ:
-            _wait_fd(conn.fileno(), select.POLLIN)
-        elif state == extensions.POLL_WRITE:
-            _wait_fd(conn.fileno(), select.POLLOUT)
-        else:
-            raise psycopg2.OperationalError(f"unexpected result from poll(): {state!r}")
-
-
-def _wait_fd(fd: int, events: int) -> None:
-    p = _original.poll()
-    p.register(fd, events | select.POLLERR | select.POLLHUP)
-    p.poll()
-
-
-def _gevent_wait_callback(conn: Any) -> None:
-    if _original.get_ident() in WORKER_THREADS:
-        return _native_wait(conn)
-    from gevent.socket import wait_read, wait_write
-
+def _drive(conn: Any, wait_read: Callable[[int], Any], wait_write: Callable[[int], Any]) -> None:
+    """psycopg2's wait-callback protocol: poll() until OK, waiting on the socket as told."""
     while True:
         state = conn.poll()
         if state == extensions.POLL_OK:
@@ -264,21 +241,33 @@ def _gevent_wait_callback(conn: Any) -> None:
             raise psycopg2.OperationalError(f"unexpected result from poll(): {state!r}")
 
 
+def _native_wait_fd(events: int) -> Callable[[int], None]:
+    # A fastpool worker thread has no hub: block it on the real poll().
+    def wait(fd: int) -> None:
+        p = _original.poll()
+        p.register(fd, events | select.POLLERR | select.POLLHUP)
+        p.poll()
+
+    return wait
+
+
+_native_read, _native_write = _native_wait_fd(select.POLLIN), _native_wait_fd(select.POLLOUT)
+
+
+def _gevent_wait_callback(conn: Any) -> None:
+    if _original.get_ident() in WORKER_THREADS:
+        return _drive(conn, _native_read, _native_write)
+    from gevent.socket import wait_read, wait_write
+
+    _drive(conn, wait_read, wait_write)
+
+
 def _eventlet_wait_callback(conn: Any) -> None:
     if _original.get_ident() in WORKER_THREADS:
-        return _native_wait(conn)
+        return _drive(conn, _native_read, _native_write)
     from eventlet.hubs import trampoline
 
-    while True:
-        state = conn.poll()
-        if state == extensions.POLL_OK:
-            return
-        if state == extensions.POLL_READ:
-            trampoline(conn.fileno(), read=True)
-        elif state == extensions.POLL_WRITE:
-            trampoline(conn.fileno(), write=True)
-        else:
-            raise psycopg2.OperationalError(f"unexpected result from poll(): {state!r}")
+    _drive(conn, lambda fd: trampoline(fd, read=True), lambda fd: trampoline(fd, write=True))
 
 
 _CALLBACKS = {"gevent": _gevent_wait_callback, "eventlet": _eventlet_wait_callback}
