@@ -1,0 +1,734 @@
+#!/usr/bin/env python
+"""Seed scenario: a Django site under gunicorn's gevent worker, every pooling option, one run.
+
+For each contender, in the same run: start the site (app.py) with ``gunicorn -k gevent -w 2``
+on a free port of 127.0.0.1 (or, for the eventlet variant, eventlet_server.py with 2 processes:
+recent gunicorn has no eventlet worker), warm it up, drive it with ``wrk -t2 -c200 -d10s
+--latency`` and record req/s, latency p50/p99, non-2xx responses and socket errors, while a
+thread of this (unpatched) process counts the server's client backends with the contender's
+``application_name`` in ``pg_stat_activity`` every 50 ms from the server's start to its exit:
+the PEAK server connections.  Then stop it and make sure its backends are gone.
+
+Contenders (gevent)::
+
+    stock-0            django.db.backends.postgresql, psycopg2, CONN_MAX_AGE=0
+    stock-60           same, CONN_MAX_AGE=60
+    stock-0+green      stock-0 + psycogreen (gunicorn post_worker_init)
+    stock-60+green     stock-60 + psycogreen
+    geventpool         django-db-geventpool (psycopg2 backend, MAX_CONNS=10) + psycogreen
+    django-pool        Django's native pool on psycopg 3, OPTIONS pool min_size=2 max_size=10
+    django_fastpool    ENGINE django_fastpool, OPTIONS pool max_size=10 (no psycogreen)
+
+Eventlet variant (``--hubs gevent,eventlet``, the default): stock-60+green, the bounded peers
+and django_fastpool.  Django's native pool under eventlet runs with
+``PSYCOPG_WAIT_FUNC=wait_select`` (psycopg 3 detects only gevent's patching by itself; its C
+wait would block the whole process).
+
+Bounded = geventpool, django-pool, django_fastpool (cap = workers x max_size = 20).  Target for
+django_fastpool: peak server connections <= cap, zero errors, req/s >= 1.15 x the best other
+bounded peer.
+
+The server: by default a private PostgreSQL (the pgserver package's binaries, run as the
+``pgserver`` user) on a free port with max_connections=300 and timezone=UTC, so the unbounded
+contenders (one connection per greenlet) cannot exhaust the machine's shared server, and each
+contender has the same headroom; ``--dsn`` uses an existing server instead (e.g. the shared one,
+max_connections=100: then the unbounded contenders' errors are the finding).
+
+Usage::
+
+    python benchmarks/django_gunicorn/run.py                   # about 4 minutes
+    python benchmarks/django_gunicorn/run.py --quick           # -d3s, about 2 minutes
+    python benchmarks/django_gunicorn/run.py --only django_fastpool,django-pool --hubs gevent
+    python benchmarks/django_gunicorn/run.py --json out.json --md out.md --chart seed.png
+    python benchmarks/django_gunicorn/run.py --profile django_fastpool   # + py-spy on a worker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+TARGET_RATIO = 1.15
+BOUNDED = ("geventpool", "django-pool", "django_fastpool")
+
+
+@dataclass
+class Contender:
+    name: str
+    backend: str                 # app.py BENCH_BACKEND
+    conn_max_age: int = 0
+    psycogreen: bool = False
+    bounded: bool = False
+    env: Dict[str, str] = field(default_factory=dict)
+    label: str = ""
+
+
+def contenders(max_size: int) -> List[Contender]:
+    return [
+        Contender("stock-0", "stock", 0, False, label="stock psycopg2, CONN_MAX_AGE=0"),
+        Contender("stock-60", "stock", 60, False, label="stock psycopg2, CONN_MAX_AGE=60"),
+        Contender("stock-0+green", "stock", 0, True, label="stock psycopg2 + psycogreen, CONN_MAX_AGE=0"),
+        Contender("stock-60+green", "stock", 60, True, label="stock psycopg2 + psycogreen, CONN_MAX_AGE=60"),
+        Contender("geventpool", "geventpool", 0, True, True,
+                  label=f"django-db-geventpool MAX_CONNS={max_size} + psycogreen"),
+        Contender("django-pool", "native", 0, False, True,
+                  label=f"Django native pool (psycopg 3), max_size={max_size}"),
+        Contender("django_fastpool", "fastpool", 0, False, True,
+                  label=f"django_fastpool max_size={max_size}"),
+    ]
+
+
+EVENTLET_SET = ("stock-60+green", "geventpool", "django-pool", "django_fastpool")
+
+
+# ---------------------------------------------------------------------------- the server
+class PrivateServer:
+    """A throw-away PostgreSQL from the pgserver package's binaries, on 127.0.0.1:free port."""
+
+    def __init__(self, max_connections: int):
+        import importlib.util
+
+        spec = importlib.util.find_spec("pgserver")  # only its binaries: no import side effects
+        if spec is None or not spec.origin:
+            raise SystemExit("the private server needs `pip install pgserver` (or pass --dsn)")
+        self.bin = Path(spec.origin).parent / "pginstall" / "bin"
+        self.root = Path(tempfile.mkdtemp(prefix="djbench_pg_"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.user = "pgserver" if os.geteuid() == 0 else None  # postgres refuses to run as root
+        if self.user:
+            subprocess.run(["id", self.user], check=True, capture_output=True)
+            shutil.chown(self.root, self.user)
+        self._run([str(self.bin / "initdb"), "-D", str(self.data), "--auth=trust", "-U", "postgres",
+                   "-E", "utf8", "--no-sync"])
+        opts = (f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections={max_connections} "
+                f"-c timezone=UTC -c fsync=off -c synchronous_commit=off")
+        self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.root / "log"),
+                   "-o", opts, "start"])
+        dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        import psycopg2
+
+        c = psycopg2.connect(dsn)
+        c.autocommit = True
+        c.cursor().execute("CREATE DATABASE djbench")
+        c.close()
+        self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=djbench"
+
+    def _run(self, cmd: List[str]) -> None:
+        if self.user:
+            cmd = ["su", self.user, "-c", " ".join(shlex_quote(c) for c in cmd)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop(self) -> None:
+        try:
+            self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop"])
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def shlex_quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def parse_dsn(dsn: str) -> Dict[str, str]:
+    from psycopg2.extensions import parse_dsn as _p
+
+    return _p(dsn)
+
+
+# ---------------------------------------------------------------------------- sampling
+class Sampler(threading.Thread):
+    """Counts client backends with one application_name every `interval` s, from its own
+    connection (a plain OS thread of the unpatched driver process)."""
+
+    def __init__(self, dsn: str, dbname: str, appname: str, interval: float = 0.05):
+        super().__init__(daemon=True)
+        import psycopg2
+
+        self.conn = psycopg2.connect(dsn, application_name="djbench-sampler")
+        self.conn.autocommit = True
+        self.dbname, self.appname, self.interval = dbname, appname, interval
+        self.peak = 0
+        self.samples: List[tuple] = []
+        self.marks: Dict[str, int] = {}
+        self._halt = threading.Event()
+        self.errors = 0
+
+    def count(self) -> int:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                        "AND datname = %s AND application_name = %s", (self.dbname, self.appname))
+            return cur.fetchone()[0]
+
+    def run(self) -> None:
+        nxt = time.monotonic()
+        while not self._halt.is_set():
+            try:
+                n = self.count()
+            except Exception:
+                self.errors += 1
+                n = -1
+            self.samples.append((time.monotonic(), n))
+            if n > self.peak:
+                self.peak = n
+            nxt += self.interval
+            self._halt.wait(max(0.0, nxt - time.monotonic()))
+
+    def mark(self, label: str) -> None:
+        self.marks[label] = len(self.samples)
+
+    def peak_since(self, label: str) -> int:
+        return max((n for _, n in self.samples[self.marks.get(label, 0):]), default=0)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+    def wait_gone(self, timeout: float = 10.0) -> int:
+        """After the server stopped: wait for its backends to exit; terminate stragglers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n = self.count()
+            if n == 0:
+                return 0
+            time.sleep(0.1)
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name = %s", (self.appname,))
+            return cur.fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ---------------------------------------------------------------------------- wrk
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    return float(m.group(1)) * _UNIT[m.group(2)] if m else float("nan")
+
+
+def parse_wrk(out: str) -> Dict[str, Any]:
+    r: Dict[str, Any] = {"rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"),
+                         "requests": 0, "non2xx": 0, "socket_errors": 0, "socket_detail": ""}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"(\d+) requests in", out)
+    if m:
+        r["requests"] = int(m.group(1))
+    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
+        if m:
+            r[key] = _ms(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m:
+        r["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        parts = [int(x) for x in m.groups()]
+        r["socket_errors"] = sum(parts)
+        r["socket_detail"] = "connect {}, read {}, write {}, timeout {}".format(*parts)
+    return r
+
+
+def run_wrk(url: str, threads: int, conns: int, duration: str, timeout_s: int = 2) -> str:
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}", f"--timeout={timeout_s}s", "--latency", url]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+# ---------------------------------------------------------------------------- one contender
+def start_server(c: Contender, hub: str, port: int, workers: int, max_size: int, db: Dict[str, str],
+                 appname: str, logpath: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update({
+        "BENCH_BACKEND": c.backend, "BENCH_CONN_MAX_AGE": str(c.conn_max_age),
+        "BENCH_PSYCOGREEN": "1" if c.psycogreen else "0",
+        "BENCH_POOL_MIN": "2", "BENCH_POOL_MAX": str(max_size),
+        "BENCH_DB_HOST": db.get("host", "127.0.0.1"), "BENCH_DB_PORT": db.get("port", "5432"),
+        "BENCH_DB_NAME": db["dbname"], "BENCH_DB_USER": db.get("user", "postgres"),
+        "BENCH_DB_PASSWORD": db.get("password", ""), "BENCH_APPNAME": appname,
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    env.update(c.env)
+    if hub == "eventlet" and c.backend == "native":
+        env["PSYCOPG_WAIT_FUNC"] = "wait_select"
+    if hub == "gevent":
+        cmd = [str(VENV_BIN / "gunicorn"), "-k", "gevent", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+               "--chdir", str(HERE), "-c", str(HERE / "gunicorn_conf.py"), "--log-level", "warning",
+               "app:application"]
+    else:
+        cmd = [sys.executable, str(HERE / "eventlet_server.py"), f"127.0.0.1:{port}", str(workers)]
+    log = open(logpath, "w")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(HERE),
+                            start_new_session=True)
+
+
+def stop_server(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)  # its own session: the master and its workers
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+    # workers may outlive the master for a moment
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_ready(url: str, p: subprocess.Popen, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"server exited with {p.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return r.headers.get("X-Bench", "")
+        except Exception as e:  # noqa: BLE001
+            last = e
+        time.sleep(0.2)
+    raise RuntimeError(f"server not ready: {last}")
+
+
+def worker_pids(master: int) -> List[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def error_kinds(logpath: Path) -> Dict[str, int]:
+    kinds: Dict[str, int] = {}
+    for line in logpath.read_text(errors="replace").splitlines():
+        if line.startswith("BENCH-ERROR"):
+            k = line.split(" | ", 1)[1][:140] if " | " in line else line[:140]
+            kinds[k] = kinds.get(k, 0) + 1
+        elif "Traceback" in line or "Error" in line:
+            k = line.strip()[:140]
+            kinds[k] = kinds.get(k, 0) + 1
+    return kinds
+
+
+def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir: Path,
+            profile: bool = False) -> Dict[str, Any]:
+    db = parse_dsn(dsn)
+    port = free_port()
+    appname = f"djbench-{c.name}-{hub}-{os.getpid()}"
+    logpath = workdir / f"{hub}-{c.name}.log"
+    sampler = Sampler(dsn, db["dbname"], appname, args.interval)
+    sampler.start()
+    p = start_server(c, hub, port, args.workers, args.max_size, db, appname, logpath)
+    url = f"http://127.0.0.1:{port}/"
+    res: Dict[str, Any] = {"name": c.name, "hub": hub, "label": c.label, "bounded": c.bounded,
+                           "cap": args.workers * args.max_size if c.bounded else None}
+    try:
+        res["info"] = wait_ready(url, p)
+        if c.backend == "native" and "fastpool=0" not in res["info"]:
+            raise RuntimeError(f"Django native pool contender imported fastpool: {res['info']}")
+        run_wrk(url, args.threads, args.connections, args.warmup)  # warm-up (connections, code paths)
+        sampler.mark("measure")
+        prof = None
+        if profile:
+            pids = worker_pids(p.pid)
+            prof_out = workdir / f"pyspy-{hub}-{c.name}.txt"
+            prof = subprocess.Popen(
+                [str(VENV_BIN / "py-spy"), "record", "-p", str(pids[0]), "-d", str(int(args.seconds) - 1),
+                 "-r", "200", "--format", "raw", "-o", str(prof_out), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            res["profile_file"] = str(prof_out)
+        cpu0 = _cpu_times(p.pid)
+        out = run_wrk(url, args.threads, args.connections, f"{args.seconds:g}s")
+        res["server_cpu_s"] = _cpu_times(p.pid) - cpu0
+        if prof is not None:
+            prof.wait(30)
+        res.update(parse_wrk(out))
+        # CPU the site's processes spent per completed request: less sensitive than req/s to
+        # what else the shared machine runs (each contender's own cost, not its share of cores)
+        res["cpu_ms_per_req"] = 1000 * res["server_cpu_s"] / res["requests"] if res["requests"] else float("nan")
+        # 2xx responses per second: a peer that answers 500 fast must not look fast
+        res["ok_rps"] = res["rps"] * (res["requests"] - res["non2xx"]) / res["requests"] if res["requests"] else 0.0
+        res["wrk"] = out
+        res["peak_measure"] = sampler.peak_since("measure")
+    except Exception as e:  # noqa: BLE001
+        res.update({"rps": 0.0, "ok_rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "non2xx": 0,
+                    "socket_errors": 0, "failed": f"{type(e).__name__}: {e}"})
+    finally:
+        stop_server(p)
+        time.sleep(0.3)
+        sampler.stop()
+        res["stragglers_terminated"] = sampler.wait_gone()
+        sampler.close()
+    res["peak"] = sampler.peak
+    res["sampler_errors"] = sampler.errors
+    res["samples"] = len(sampler.samples)
+    res["error_kinds"] = error_kinds(logpath)
+    res["errors"] = int(res.get("non2xx", 0)) + int(res.get("socket_errors", 0))
+    return res
+
+
+def _busy_fraction(seconds: float = 1.0) -> float:
+    """Share of the machine's CPU time that was busy over `seconds` (/proc/stat), measured
+    while none of this benchmark's processes run: the other jobs' load right now."""
+    def snap():
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = f[3] + (f[4] if len(f) > 4 else 0)
+        return sum(f), idle
+    t0, i0 = snap()
+    time.sleep(seconds)
+    t1, i1 = snap()
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(max_busy: float, max_wait: float) -> float:
+    """Wait (up to max_wait s) for the machine's other load to drop below max_busy; return the
+    busy fraction last measured."""
+    deadline = time.monotonic() + max_wait
+    busy = _busy_fraction()
+    while busy > max_busy and time.monotonic() < deadline:
+        busy = _busy_fraction()
+    return busy
+
+
+def _cpu_times(master: int) -> float:
+    """user+system CPU seconds of the server's workers so far (from /proc)."""
+    total = 0.0
+    tck = os.sysconf("SC_CLK_TCK")
+    for pid in [master] + worker_pids(master):
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / tck
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+# ---------------------------------------------------------------------------- report
+def combine(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Several rounds of one contender. The machine is shared: other jobs only ever slow a round
+    down, so the row is the contender's BEST round (highest 2xx req/s, with that round's latency
+    and CPU); the peak is the highest over all rounds; errors are the best round's, and every
+    round's are kept (``errors_all``, ``non2xx_all``)."""
+    best = max(rounds, key=lambda r: r["ok_rps"])
+    out = dict(best)
+    out["rounds"] = [{k: r.get(k) for k in ("ok_rps", "p50_ms", "p99_ms", "peak", "errors", "non2xx",
+                                            "socket_errors", "cpu_ms_per_req", "background_busy")}
+                     for r in rounds]
+    out["ok_rps_all"] = [round(r["ok_rps"]) for r in rounds]
+    out["peak"] = max(r["peak"] for r in rounds)
+    out["errors_all"] = sum(r["errors"] for r in rounds)
+    out["non2xx_all"] = sum(r.get("non2xx", 0) for r in rounds)
+    kinds: Dict[str, int] = {}
+    for r in rounds:
+        for k, v in r["error_kinds"].items():
+            kinds[k] = kinds.get(k, 0) + v
+    out["error_kinds"] = kinds
+    return out
+
+
+def best_peer(results: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    peers = [r for r in results if r["bounded"] and r["name"] != "django_fastpool"]
+    return max(peers, key=lambda r: r["ok_rps"], default=None)
+
+
+def verdict(results: List[Dict[str, Any]], cap: int) -> Dict[str, Any]:
+    fp = next((r for r in results if r["name"] == "django_fastpool"), None)
+    peer = best_peer(results)
+    if fp is None:
+        return {}
+    ratio = fp["ok_rps"] / peer["ok_rps"] if peer and peer["ok_rps"] else float("nan")
+    v = {
+        "peak_ok": fp["peak"] <= cap, "errors_ok": fp["errors"] == 0 and fp.get("non2xx_all", 0) == 0,
+        "speed_ok": ratio >= TARGET_RATIO, "ratio": ratio, "peer": peer["name"] if peer else None,
+        "peak": fp["peak"], "errors": fp["errors"], "cap": cap, "errors_all": fp.get("errors_all"),
+        "non2xx_all": fp.get("non2xx_all"),
+    }
+    v["pass"] = v["peak_ok"] and v["errors_ok"] and v["speed_ok"]
+    return v
+
+
+def fmt_table(results: List[Dict[str, Any]]) -> str:
+    peer = best_peer(results)
+    base = peer["ok_rps"] if peer and peer["ok_rps"] else None
+    lines = ["| contender | req/s (2xx) | ratio vs best bounded peer | p50 ms | p99 ms | peak server conns | "
+             "cap (workers×max_size) | errors (non-2xx + socket) | worker CPU ms/req | 2xx req/s, every round |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        ratio = f"{r['ok_rps'] / base:.2f}×" if base else "–"
+        if peer and r["name"] == peer["name"]:
+            ratio += " (best peer)"
+        cap = str(r["cap"]) if r["cap"] else "unbounded"
+        err = f"{r['errors']}"
+        if r["errors"]:
+            err += f" ({r.get('non2xx', 0)} + {r.get('socket_errors', 0)})"
+        if len(r.get("rounds", [])) > 1:
+            err += f"; all rounds {r['errors_all']}"
+        if r.get("failed"):
+            err += " FAILED: " + r["failed"].replace("|", "/").replace("\n", " ")[:120]
+        lines.append(f"| {r['label'] or r['name']} | {r['ok_rps']:.0f} | {ratio} | {r['p50_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['peak']} | {cap} | {err} | {r.get('cpu_ms_per_req', float('nan')):.2f} | "
+                     f"{' / '.join(str(x) for x in r.get('ok_rps_all', []))} |")
+    return "\n".join(lines)
+
+
+def fmt_verdict(v: Dict[str, Any], hub: str) -> str:
+    if not v:
+        return ""
+    def pm(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+    return (f"**django_fastpool target ({hub}): {pm(v['pass'])}** — peak {v['peak']} ≤ {v['cap']}: "
+            f"{pm(v['peak_ok'])}; errors {v['errors']} (non-2xx in any round: {v['non2xx_all']}) = 0: "
+            f"{pm(v['errors_ok'])}; "
+            f"req/s {v['ratio']:.2f}× best bounded peer ({v['peer']}) ≥ {TARGET_RATIO}×: {pm(v['speed_ok'])}")
+
+
+def chart(by_hub: Dict[str, List[Dict[str, Any]]], path: Path, cap: int, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(hub, r) for hub, rs in by_hub.items() for r in rs]
+    names = [f"{r['name']} ({hub})" if len(by_hub) > 1 else r["name"] for hub, r in rows]
+    colors = ["#d62728" if r["name"] == "django_fastpool" else ("#1f77b4" if r["bounded"] else "#999999")
+              for _, r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 0.38 * len(rows) + 1.4), sharey=True)
+    y = list(range(len(rows)))[::-1]
+    a1.barh(y, [r["ok_rps"] for _, r in rows], color=colors)
+    for yi, (_, r) in zip(y, rows):
+        a1.text(r["ok_rps"], yi, f" {r['ok_rps']:.0f}" + (f"  ({r['errors']} err)" if r["errors"] else ""),
+                va="center", fontsize=7)
+    a1.set_yticks(y)
+    a1.set_yticklabels(names, fontsize=8)
+    a1.set_xlabel("2xx responses/s (higher is better)")
+    a1.set_xlim(0, max(r["ok_rps"] for _, r in rows) * 1.35 or 1)
+    a2.barh(y, [r["peak"] for _, r in rows], color=colors)
+    for yi, (_, r) in zip(y, rows):
+        a2.text(r["peak"], yi, f" {r['peak']}", va="center", fontsize=7)
+    a2.axvline(cap, color="k", ls="--", lw=0.8)
+    a2.text(cap, len(rows) - 0.4, f" cap {cap}", fontsize=7)
+    a2.set_xlabel("peak server connections (lower is better)")
+    a2.set_xlim(0, max(max(r["peak"] for _, r in rows), cap) * 1.2)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- main
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="-d3s and a 1 s warm-up")
+    ap.add_argument("--seconds", type=float, default=None, help="wrk duration (default 10, --quick 3)")
+    ap.add_argument("--warmup", default=None, help="wrk warm-up duration (default 2s, --quick 1s)")
+    ap.add_argument("--connections", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--max-size", type=int, default=10)
+    ap.add_argument("--interval", type=float, default=0.05, help="pg_stat_activity sampling period")
+    ap.add_argument("--hubs", default="gevent,eventlet")
+    ap.add_argument("--only", default=None, help="comma-separated contender names")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds (best round's req/s, highest peak)")
+    ap.add_argument("--dsn", default=None, help="use this server instead of a private one")
+    ap.add_argument("--max-connections", type=int, default=300, help="private server's max_connections")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--md", default=None, help="write the tables as Markdown here")
+    ap.add_argument("--chart", default=None, help="write the PNG chart here")
+    ap.add_argument("--profile", default=None,
+                    help="NAME[@hub]: one extra run of that contender with py-spy on one worker")
+    ap.add_argument("--keep-logs", action="store_true")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                    help="before each contender, wait up to this long for the machine's other load "
+                         "to drop below --max-busy (shared machines)")
+    ap.add_argument("--max-busy", type=float, default=0.15,
+                    help="busy CPU fraction counted as quiet (default 0.15)")
+    args = ap.parse_args()
+    args.seconds = args.seconds or (3 if args.quick else 10)
+    args.warmup = args.warmup or ("1s" if args.quick else "2s")
+    if args.seconds < 2:
+        ap.error("--seconds must be >= 2")
+    if not shutil.which("wrk"):
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    all_c = {c.name: c for c in contenders(args.max_size)}
+    only = set(args.only.split(",")) if args.only else None
+    if only and only - set(all_c):
+        ap.error(f"unknown contenders: {sorted(only - set(all_c))}; known: {list(all_c)}")
+    hubs = [h for h in args.hubs.split(",") if h]
+    plan: Dict[str, List[Contender]] = {}
+    for hub in hubs:
+        names = list(all_c) if hub == "gevent" else list(EVENTLET_SET)
+        plan[hub] = [all_c[n] for n in names if not only or n in only]
+
+    server = None
+    dsn = args.dsn
+    if dsn is None:
+        server = PrivateServer(args.max_connections)
+        dsn = server.dsn
+    workdir = Path(tempfile.mkdtemp(prefix="djbench_"))
+    import psycopg2
+
+    with psycopg2.connect(dsn) as c0, c0.cursor() as cur:
+        cur.execute("SHOW max_connections")
+        max_conn = int(cur.fetchone()[0])
+        cur.execute("SHOW server_version")
+        server_version = cur.fetchone()[0]
+    c0.close()
+    load0 = os.getloadavg()
+    print(f"# server: {'private pgserver' if server else dsn}, PostgreSQL {server_version}, "
+          f"max_connections={max_conn}", flush=True)
+    print(f"# wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s (warm-up {args.warmup}); "
+          f"{args.workers} workers; max_size {args.max_size}; load before: "
+          f"{' '.join(f'{x:.2f}' for x in load0)}; cpus {os.cpu_count()}", flush=True)
+
+    by_hub: Dict[str, List[Dict[str, Any]]] = {}
+    try:
+        for hub, cs in plan.items():
+            rounds: Dict[str, List[Dict[str, Any]]] = {c.name: [] for c in cs}
+            for rnd in range(args.repeat):
+                order = cs[rnd % len(cs):] + cs[:rnd % len(cs)] if cs else cs
+                for c in order:
+                    busy = wait_quiet(args.max_busy, args.wait_quiet)
+                    r = run_one(c, hub, args, dsn, workdir)
+                    r["background_busy"] = round(busy, 3)
+                    rounds[c.name].append(r)
+                    print(f"{hub:8} {c.name:16} {r['ok_rps']:8.0f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+                          f"p99 {r['p99_ms']:7.1f} ms  peak {r['peak']:3d}  errors {r['errors']}"
+                          + (f" ({r.get('non2xx', 0)} non-2xx; {r['socket_detail']})" if r["errors"] else "")
+                          + f"  server CPU {r.get('server_cpu_s', 0) / args.seconds:.2f} cores, "
+                          f"{r.get('cpu_ms_per_req', float('nan')):.2f} ms/req; machine busy before {100 * busy:.0f}%"
+                          + (f"  FAILED {r['failed']}" if r.get("failed") else "")
+                          + (f"  [{'; '.join(f'{v}× {k}' for k, v in list(r['error_kinds'].items())[:2])}]"
+                             if r["error_kinds"] else ""), flush=True)
+                    time.sleep(1.0)
+            by_hub[hub] = [combine(rounds[c.name]) for c in cs]
+        profile = None
+        if args.profile:
+            pname, _, hub0 = args.profile.partition("@")
+            hub0 = hub0 or hubs[0]
+            r = run_one(all_c[pname], hub0, args, dsn, workdir, profile=True)
+            profile = {"contender": args.profile, "hub": hub0, "rps": r["rps"], "file": r.get("profile_file"),
+                       "top": summarize_profile(Path(r["profile_file"])) if r.get("profile_file") else None}
+            print(f"# profile {args.profile} ({hub0}): {r['rps']:.0f} req/s under py-spy; raw stacks "
+                  f"{r.get('profile_file')}")
+            if profile["top"]:
+                print(profile["top"])
+    finally:
+        if server:
+            server.stop()
+    load1 = os.getloadavg()
+    cap = args.workers * args.max_size
+
+    md = [f"Server: {'private PostgreSQL ' + server_version + ' (pgserver binaries), max_connections=' + str(max_conn) if server else dsn + ' (max_connections=' + str(max_conn) + ')'}; "
+          f"`wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s --latency` after a {args.warmup} warm-up; "
+          f"{args.workers} workers; load average before {load0[0]:.2f} / after {load1[0]:.2f} "
+          f"({os.cpu_count()} CPUs); {args.repeat} round(s), each row is the contender's best round "
+          f"(other jobs only slow a round down), peak = highest of all rounds; {platform.python_implementation()} "
+          f"{platform.python_version()}.", ""]
+    verdicts = {}
+    for hub, results in by_hub.items():
+        worker = "gunicorn -k gevent -w 2" if hub == "gevent" else "eventlet.wsgi.server × 2 processes"
+        md += [f"#### {hub} ({worker})", "", fmt_table(results), ""]
+        v = verdict(results, cap)
+        verdicts[hub] = v
+        if v:
+            md += [fmt_verdict(v, hub), ""]
+        errs = [(r["name"], r["error_kinds"]) for r in results if r["error_kinds"]]
+        for name, kinds in errs:
+            top = sorted(kinds.items(), key=lambda kv: -kv[1])[:3]
+            md.append(f"- {name} ({hub}) errors logged: " + "; ".join(f"{n}× `{k}`" for k, n in top))
+        if errs:
+            md.append("")
+    text = "\n".join(md)
+    print()
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text + "\n")
+    if args.chart:
+        chart(by_hub, Path(args.chart), cap,
+              f"Django seed scenario: {args.workers} workers, wrk -c{args.connections} -d{args.seconds:g}s, "
+              f"SELECT pg_sleep(0.002) + SELECT 1 per request (red = django_fastpool, blue = bounded peers)")
+        print(f"chart: {args.chart} ({Path(args.chart).stat().st_size // 1024} KB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"by_hub": by_hub, "verdicts": verdicts, "load_before": load0, "load_after": load1,
+             "server": "private" if server else dsn, "max_connections": max_conn,
+             "server_version": server_version, "args": vars(args),
+             "profile": locals().get("profile")}, indent=1, default=str))
+    if not args.keep_logs:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"logs: {workdir}")
+    return 0
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """py-spy raw (collapsed) stacks -> the functions with the most inclusive and self samples."""
+    incl: Dict[str, int] = {}
+    self_: Dict[str, int] = {}
+    total = 0
+    if not path.exists():
+        return ""
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        try:
+            n = int(n)
+        except ValueError:
+            continue
+        total += n
+        frames = stack.split(";")
+        seen = set()
+        for f in frames:
+            key = re.sub(r":\d+\)", ")", f)  # merge lines of one function
+            if key not in seen:
+                incl[key] = incl.get(key, 0) + n
+                seen.add(key)
+        leaf = re.sub(r":\d+\)", ")", frames[-1])
+        self_[leaf] = self_.get(leaf, 0) + n
+    if not total:
+        return ""
+    out = [f"{total} samples", "inclusive:"]
+    out += [f"  {100 * v / total:5.1f}%  {k}" for k, v in sorted(incl.items(), key=lambda kv: -kv[1])[:top]]
+    out.append("self:")
+    out += [f"  {100 * v / total:5.1f}%  {k}" for k, v in sorted(self_.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
