@@ -347,3 +347,27 @@ def test_CONTROL_fork_without_guard_kills_parent_sessions(scenario: Any) -> None
     if the guard stopped working."""
     res = scenario("fork_scenarios.py", "control_plain_close")
     assert res["parent_sessions_killed"] and res["held_broken"]
+
+
+_PSYCOGREEN_FIRST = """
+from gevent import monkey; monkey.patch_all()
+import psycogreen.gevent; psycogreen.gevent.patch_psycopg()   # as many gevent apps do
+import os
+from fastpool.pool import pool_class
+pool = pool_class(os.environ["FASTPOOL_IMPL"])(os.environ["FASTPOOL_TEST_DSN"], min_size=5, max_size=5)
+pool.wait(20)   # the main thread's first gevent.sleep creates its hub here
+with pool.connection() as conn:
+    conn.cursor().execute("SELECT 1")
+pool.close(); print("ok")
+"""
+
+
+def test_foreign_wait_callback_registered_before_the_pool_does_not_hang(dsn: str, impl: str) -> None:
+    """Regression: with psycogreen's callback registered first, the pool's worker threads used
+    it, each created a gevent hub, and that raced the main thread's hub on import locks."""
+    pytest.importorskip("psycogreen")
+    env = {**os.environ, "FASTPOOL_TEST_DSN": dsn, "FASTPOOL_IMPL": impl}
+    for _ in range(3):  # it hung every time before the fix
+        proc = subprocess.run([sys.executable, "-c", _PSYCOGREEN_FIRST], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -15,7 +15,20 @@ import sys
 from typing import Any, Callable
 
 
+_cache: dict = {}
+
+
 def _original(name: str, module: str = "_thread") -> Any:
+    # An original never changes once found (patching replaces module attributes, not the
+    # objects we hold), so look it up once: under gevent the lookup costs ~2 us per call.
+    key = (module, name)
+    found = _cache.get(key)
+    if found is None:
+        found = _cache[key] = _lookup(name, module)
+    return found
+
+
+def _lookup(name: str, module: str) -> Any:
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None and monkey.is_module_patched(module):
         return monkey.get_original(module, name)

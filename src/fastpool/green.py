@@ -273,10 +273,32 @@ def _eventlet_wait_callback(conn: Any) -> None:
 _CALLBACKS = {"gevent": _gevent_wait_callback, "eventlet": _eventlet_wait_callback}
 
 
+class _WorkerSafe:
+    """Wraps a wait callback registered by someone else (psycogreen's, eventlet's): fastpool's
+    own worker threads wait natively (a hub created in a second OS thread of a patched process
+    can deadlock on the import locks), every other caller gets the original callback."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Callable[[Any], Any]) -> None:
+        self.inner = inner
+
+    def __call__(self, conn: Any) -> Any:
+        if _original.get_ident() in WORKER_THREADS:
+            return _drive(conn, _native_read, _native_write)
+        return self.inner(conn)
+
+
 def ensure_wait_callback(green: Any) -> Optional[str]:
     """Register fastpool's cooperative wait callback if ``green`` asks for it and none is set.
-    Returns the hub it was registered for (or None)."""
-    if green is False or extensions.get_wait_callback() is not None:
+    Returns the hub it was registered for (or None). A callback registered by someone else is
+    kept, wrapped so that fastpool's worker threads never go through it (whatever ``green``)."""
+    current = extensions.get_wait_callback()
+    if current is not None:
+        if current not in _CALLBACKS.values() and not isinstance(current, _WorkerSafe):
+            extensions.set_wait_callback(_WorkerSafe(current))
+        return None
+    if green is False:
         return None
     for kind in ("gevent", "eventlet"):
         if kind not in sys.modules:
@@ -288,4 +310,4 @@ def ensure_wait_callback(green: Any) -> Optional[str]:
 
 
 def is_fastpool_callback(cb: Optional[Callable[..., Any]]) -> bool:
-    return cb in _CALLBACKS.values()
+    return cb in _CALLBACKS.values() or isinstance(cb, _WorkerSafe)
