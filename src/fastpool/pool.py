@@ -189,7 +189,7 @@ class PoolPolicy:
         self._reconnect_failed = reconnect_failed
         self._configure = configure
         self._reset_mode = reset
-        self._check_option = check
+        self._check_after_option = check_after  # idle seconds before the vet runs
         self._vet_fn = vet
         self._leak_timeout = leak_timeout
         self._green = green
@@ -222,13 +222,7 @@ class PoolPolicy:
         self._warned: Dict[int, Any] = {}
 
         self._core_setup(max_size, lifo)
-        self._core_configure(
-            check_after,
-            (),
-            "closed",
-            reset == "discard" or callable(reset),
-            leak_timeout is not None,
-        )
+        self._configure_core((), "closed")
         self._workers = Workers(self.name)  # connects (may block for connect_timeout), returns
         # Timers (watchdogs, maintenance) get a thread of their own that never connects, so a
         # few connects hanging on a dead host cannot delay a watchdog.
@@ -437,7 +431,7 @@ class PoolPolicy:
     # -- return ---------------------------------------------------------------------------------
     def _on_return(self, slot: int, conn: Any) -> None:
         """Slow return path: the connection differs from a clean one, or must be retired."""
-        if self._core_closed() or not self._wanted_back(slot):
+        if self._core_closed() or not self._slot_current(slot):
             self._retire(slot, conn)
             return
         try:
@@ -587,19 +581,20 @@ class PoolPolicy:
                 return
             self._defaults = _reset.capture(conn)
             probes = _reset.probes_for(conn, self._defaults, self._reset_mode is not None)
-            self._core_configure(
-                self._check_after_value(),
-                probes,
-                "closed" if hasattr(conn, "closed") else None,
-                self._reset_mode == "discard" or callable(self._reset_mode),
-                self._leak_timeout is not None,
-            )
+            self._configure_core(probes, "closed" if hasattr(conn, "closed") else None)
             self._core_set_type(type(conn))
             self._core_set_slot_attr(tracking.SLOT if tracking.is_tracked(conn) else None)
             self._probes_set = True
 
-    def _check_after_value(self) -> float:
-        return health.make_vet(self._check_option)[1]
+    def _configure_core(self, probes: tuple, alive_attr: Optional[str]) -> None:
+        """Hand the core this pool's policy knobs (probes are known once a connection exists)."""
+        self._core_configure(
+            self._check_after_option,
+            probes,
+            alive_attr,
+            self._reset_mode == "discard" or callable(self._reset_mode),
+            self._leak_timeout is not None,
+        )
 
     def _last_error_text(self) -> str:
         err = self._last_error
@@ -690,9 +685,6 @@ class PoolPolicy:
         for slot, conn in self._take_all_idle():
             self._retire(slot, conn)
         self._ensure_min()
-
-    def _wanted_back(self, slot: int) -> bool:
-        return self._slot_current(slot)
 
     # -- stats -------------------------------------------------------------------------------------
     def stats(self) -> Dict[str, int]:
