@@ -10,7 +10,7 @@ import pytest
 import fastpool
 from fastpool.metrics import METRICS, prometheus_text
 
-GAUGES = {"pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting"}
+GAUGES = {"pool_min", "pool_max", "pool_size", "pool_available", "pool_used", "requests_waiting"}
 MS_KEYS = {"requests_wait_ms", "connections_ms", "usage_ms"}
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")

@@ -56,6 +56,9 @@ cdef class Core:
     cdef bint _always_slow
     cdef bint _track
     cdef object _slot_attr
+    # opt-in timing hooks (None: off), see _core_set_timers
+    cdef object _wait_hook
+    cdef object _use_hook
     # probes and the alive check pre-resolved on one connection class (see _core_set_type)
     cdef object _fast_type
     cdef tuple _fast_probes

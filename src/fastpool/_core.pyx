@@ -126,6 +126,14 @@ cdef class Core:
         self._fast_probes = None
         self._fast_alive = None
 
+    def _core_set_timers(self, wait_hook, use_hook):
+        """Opt-in per-event timings (None: off, the default; then each costs one pointer
+        compare). ``wait_hook(seconds)`` after a checkout served without queueing (the policy
+        reports queued ones), ``use_hook(seconds)`` after each return: borrowed time. Both run
+        on the caller's thread after the slot is settled and must not raise."""
+        self._wait_hook = wait_hook
+        self._use_hook = use_hook
+
     def _core_set_type(self, cls):
         """All connections are expected to be of class ``cls`` (None: no expectation). For
         objects of exactly that class, the probes and the alive check use descriptors resolved
@@ -246,10 +254,14 @@ cdef class Core:
         if self._ticks <= 0:
             self._ticks = TICK_EVERY
             self._on_tick()
-        cdef double spent = 0.0
+        cdef double spent = 0.0, t0 = 0.0
+        if self._wait_hook is not None:
+            t0 = _clock()
         conn = self._try_get_c(timeout, &spent)
         if conn is None:
-            conn = self._on_miss(timeout, spent)
+            conn = self._on_miss(timeout, spent)  # the policy reports the waits it serves
+        elif self._wait_hook is not None:
+            self._wait_hook(_clock() - t0)
         return conn
 
     def _try_get(self, timeout=None):
@@ -332,6 +344,7 @@ cdef class Core:
         cdef double t
         cdef bint slow
         cdef tuple probe
+        cdef double used
         if self._dead:
             self._drain_dead()
         slot = -1
@@ -354,7 +367,8 @@ cdef class Core:
         self._state[slot] = RESERVED
         self._conns[slot] = conn
         t = _clock()
-        self._usage += t - self._checkout[slot]
+        used = t - self._checkout[slot]
+        self._usage += used
         slow = (
             self._always_slow
             or self._closed
@@ -400,6 +414,8 @@ cdef class Core:
             w = self._restore_slot(slot, t)
             if w is not None:
                 w.wake()
+        if self._use_hook is not None:
+            self._use_hook(used)
 
     # -- transitions used by the policy layer --------------------------------------------------
     def _restore(self, int slot):

@@ -109,6 +109,8 @@ class Core:
         self._always_slow = False  # every return goes through _on_return (e.g. reset="discard")
         self._track = False  # call _on_checkout(slot) after every checkout
         self._slot_attr: Optional[str] = None  # see _core_set_slot_attr
+        self._wait_hook: Optional[Callable[[float], None]] = None  # see _core_set_timers
+        self._use_hook: Optional[Callable[[float], None]] = None
         # Counters.
         self._requests_num = 0
         self._requests_queued = 0
@@ -127,6 +129,13 @@ class Core:
         self._alive_attr = alive_attr
         self._always_slow = bool(always_slow)
         self._track = bool(track)
+
+    def _core_set_timers(
+        self, wait_hook: Optional[Callable[[float], None]], use_hook: Optional[Callable[[float], None]]
+    ) -> None:
+        """Opt-in per-event timings; see the compiled core's docstring."""
+        self._wait_hook = wait_hook
+        self._use_hook = use_hook
 
     def _core_set_type(self, cls: Optional[type]) -> None:
         """The compiled core pre-resolves probes on this class; the twin needs nothing."""
@@ -207,9 +216,12 @@ class Core:
             self._ticks = TICK_EVERY
             self._on_tick()
         spent = [0.0]
+        t0 = now() if self._wait_hook is not None else 0.0
         conn = self._try_get(timeout, spent)
         if conn is None:
-            conn = self._on_miss(timeout, spent[0])
+            conn = self._on_miss(timeout, spent[0])  # the policy reports the waits it serves
+        elif self._wait_hook is not None:
+            self._wait_hook(now() - t0)
         return conn
 
     def _try_get(self, timeout: Optional[float] = None, spent: Optional[List[float]] = None) -> Any:
@@ -304,7 +316,8 @@ class Core:
             self._state[slot] = RESERVED
             self._conns[slot] = conn
             t = now()
-            self._usage += t - self._checkout[slot]
+            used = t - self._checkout[slot]
+            self._usage += used
             slow = (
                 self._always_slow
                 or self._closed
@@ -331,6 +344,8 @@ class Core:
         except BaseException:
             self._abandon(slot, conn)
             raise
+        if self._use_hook is not None:
+            self._use_hook(used)
 
     # -- transitions used by the policy layer --------------------------------------------------
     def _restore(self, slot: int) -> bool:

@@ -54,6 +54,11 @@ def neutralise(conn: Any) -> None:
         pass
 
 
+def tracked_pools() -> List[Any]:
+    """Every pool of this process not yet garbage-collected: open, closed or not yet opened."""
+    return list(_pools)
+
+
 def live_pools() -> List[Any]:
     """The pools of this process that are not closed."""
     out = []

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
 
 import psycopg2
 
-from . import _impl, _original, fork, green as _green, health, reset as _reset
+from . import _impl, _original, fork, green as _green, health, reset as _reset, timings
 from .conninfo import ConnInfo, Scrubber, describe, validate_conninfo
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from . import tracking
@@ -119,6 +119,11 @@ class PoolPolicy:
 
     _Waiter: Any
     _core_impl: str
+    # per-event timings for histogram exporters; set by fastpool.timings, None while nobody
+    # listens (class defaults: a pool is reachable by timings.subscribe as soon as it is tracked)
+    _timing_listeners: tuple = ()
+    _created_hook: Optional[Callable[[float], None]] = None
+    _waited_hook: Optional[Callable[[float], None]] = None
 
     def __init__(
         self,
@@ -206,6 +211,7 @@ class PoolPolicy:
         # stats kept by the policy (the core counts the fast-path ones)
         self._requests_wait = 0.0
         self._requests_errors = 0
+        self._requests_timeouts = 0
         self._connections_num = 0
         self._connections_time = 0.0
         self._connections_errors = 0
@@ -228,6 +234,7 @@ class PoolPolicy:
         # few connects hanging on a dead host cannot delay a watchdog.
         self._timers = Workers(self.name + "-timers", nthreads=1)
         fork.track(self)
+        timings.install(self)
         if open:
             self.open()
 
@@ -346,6 +353,8 @@ class PoolPolicy:
             if r == 1:  # RETRY: a connection became free between the miss and the enqueue
                 conn = self._try_get(max(deadline - monotonic(), 1e-6))
                 if conn is not None:
+                    if self._waited_hook is not None:
+                        self._waited_hook(monotonic() - start)
                     return conn
                 continue
             if r == 3:  # CLOSED_POOL: close() ran since the check above
@@ -367,13 +376,17 @@ class PoolPolicy:
             raise
         conn = self._claim(waiter)
         if conn is not None:
-            self._requests_wait += monotonic() - start
+            waited = monotonic() - start
+            self._requests_wait += waited
+            if self._waited_hook is not None:
+                self._waited_hook(waited)
             if self._leak_timeout is not None:
                 self._on_checkout(self._slot_for(conn))
             return conn
         self._requests_errors += 1
         if waiter.state == 4:  # CLOSED
             raise PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
+        self._requests_timeouts += 1
         c = self._counts()
         raise PoolTimeout(
             f"couldn't get a connection after {wait_for:g} s (pool {self.name!r}: "
@@ -569,9 +582,12 @@ class PoolPolicy:
             except Exception:
                 pass
             raise
+        took = monotonic() - t0
         with self._lock:
             self._connections_num += 1
-            self._connections_time += monotonic() - t0
+            self._connections_time += took
+        if self._created_hook is not None:
+            self._created_hook(took)
         return conn
 
     def _adopt_defaults(self, conn: Any) -> None:
@@ -695,11 +711,14 @@ class PoolPolicy:
             "pool_max": c["max"],
             "pool_size": c["size"],
             "pool_available": c["idle"],
+            # borrowed, or being reset or health-checked: neither idle nor still connecting
+            "pool_used": c["size"] - c["idle"] - c["connecting"],
             "requests_waiting": c["waiting"],
             "requests_num": c["requests_num"],
             "requests_queued": c["requests_queued"],
             "requests_wait_ms": int(self._requests_wait * 1000),
             "requests_errors": self._requests_errors,
+            "requests_timeouts": self._requests_timeouts,
             "returns_bad": c["returns_bad"],
             "connections_num": self._connections_num,
             "connections_ms": int(self._connections_time * 1000),
@@ -716,6 +735,7 @@ class PoolPolicy:
         with self._lock:
             self._requests_wait = 0.0
             self._requests_errors = 0
+            self._requests_timeouts = 0
             self._connections_num = 0
             self._connections_time = 0.0
             self._connections_errors = 0
