@@ -40,6 +40,7 @@ API_STATS = {
     "pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting", "requests_num",
     "requests_queued", "requests_wait_ms", "requests_errors", "returns_bad", "connections_num",
     "connections_ms", "connections_errors", "connections_lost", "usage_ms", "connections_reclaimed",
+    "pool_used", "requests_timeouts",
 }
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 

@@ -1,0 +1,58 @@
+"""The ``FASTPOOL_METRICS`` setting: export every fastpool pool's metrics without code.
+
+::
+
+    INSTALLED_APPS = [..., "django_fastpool"]
+    FASTPOOL_METRICS = ["prometheus", "opentelemetry"]   # either or both
+
+* ``"prometheus"``: a :class:`fastpool.prometheus.Collector` over every pool of the process in
+  ``prometheus_client.REGISTRY`` (the default registry that ``django-prometheus`` and
+  ``prometheus_client``'s own exposition serve).
+* ``"opentelemetry"``: :func:`fastpool.otel.instrument` on the global MeterProvider, histograms
+  included (configure the provider before Django starts, as the OpenTelemetry SDK asks).
+
+Pools are named ``django:<alias>``. Both need ``pip install 'fastpool[metrics]'``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+EXPORTERS = ("prometheus", "opentelemetry")
+
+#: what setup_from_settings() registered in this process (it is idempotent)
+registered: List[Any] = []
+
+
+def setup_from_settings() -> List[Any]:
+    """Register what ``settings.FASTPOOL_METRICS`` asks for, once per process."""
+    wanted = getattr(settings, "FASTPOOL_METRICS", None) or []
+    if isinstance(wanted, str) or not isinstance(wanted, (list, tuple)):
+        raise ImproperlyConfigured(
+            f"FASTPOOL_METRICS must be a list of {', '.join(map(repr, EXPORTERS))}, not {wanted!r}")
+    unknown = [w for w in wanted if w not in EXPORTERS]
+    if unknown:
+        raise ImproperlyConfigured(
+            f"FASTPOOL_METRICS: unknown exporter(s) {unknown!r}; choose from {', '.join(map(repr, EXPORTERS))}")
+    if registered:
+        return registered
+    try:
+        if "prometheus" in wanted:
+            from prometheus_client import REGISTRY
+
+            from fastpool.prometheus import Collector
+
+            collector = Collector()
+            REGISTRY.register(collector)
+            registered.append(collector)
+        if "opentelemetry" in wanted:
+            from fastpool import otel
+
+            registered.append(otel.instrument())
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"FASTPOOL_METRICS needs the metrics extra: pip install 'fastpool[metrics]' ({exc})") from exc
+    return registered

@@ -1,0 +1,234 @@
+"""OpenTelemetry metrics for fastpool pools (``pip install fastpool[metrics]``).
+
+::
+
+    import fastpool.otel
+    fastpool.otel.instrument()                 # every pool, global MeterProvider
+    fastpool.otel.instrument([pool], meter_provider=provider, histograms=False)
+
+Names, units and attributes follow the OpenTelemetry semantic conventions for database client
+connection pools (https://opentelemetry.io/docs/specs/semconv/database/database-metrics/,
+"Connection pools"; as generated in ``opentelemetry-semantic-conventions`` 0.66b0,
+``opentelemetry.semconv._incubating.metrics.db_metrics``: the ``db.client.connection.*`` names
+that replaced ``db.client.connections.*`` in semantic conventions 1.26). Every instrument
+carries ``db.client.connection.pool.name`` = ``Pool.name``:
+
+==========================================  =================  ==============================
+``db.client.connection.count``              UpDownCounter (o)  ``db.client.connection.state``
+                                                               ``idle`` (``pool_available``)
+                                                               or ``used`` (``pool_used``)
+``db.client.connection.max``                UpDownCounter (o)  ``max_size``
+``db.client.connection.idle.min``           UpDownCounter (o)  ``min_size``
+``db.client.connection.pending_requests``   UpDownCounter (o)  ``requests_waiting``
+``db.client.connection.timeouts``           Counter (o)        ``requests_timeouts``
+``db.client.connection.create_time``        Histogram, s       each connect (incl. configure)
+``db.client.connection.wait_time``          Histogram, s       each successful getconn
+``db.client.connection.use_time``           Histogram, s       each putconn: borrowed time
+==========================================  =================  ==============================
+
+(o): observable, read from ``stats()`` at each collection, so they equal what ``stats()`` says.
+``db.client.connection.idle.max`` is not reported: fastpool has no cap on idle connections other
+than ``max_size`` (already ``.max``); ``max_idle`` is a time, not a count.
+
+The histograms need one observation per event (``fastpool.timings``): with them on, each
+getconn and putconn makes one Python call into the OpenTelemetry SDK (microseconds); with
+``histograms=False`` the pool's fast paths are untouched. They are exact with two stated limits:
+a connection reclaimed by the garbage collector (never returned) has no ``use_time``, and a
+failed request has no ``wait_time`` (it is counted: ``.timeouts``, ``stats()``).
+
+Pools are held by weak reference: a dropped pool is collected and leaves the metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
+
+try:
+    from opentelemetry import metrics as _otel
+    from opentelemetry.metrics import CallbackOptions, Observation
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "fastpool.otel needs opentelemetry-api: pip install 'fastpool[metrics]'"
+    ) from exc
+
+from . import __version__, fork, timings
+from .metrics import _as_list
+
+__all__ = ["instrument", "Instrumentation"]
+
+POOL_NAME = "db.client.connection.pool.name"
+STATE = "db.client.connection.state"
+
+#: advisory histogram buckets (seconds): a hand-out from the idle stack takes microseconds, a
+#: queued wait or a connect milliseconds to seconds; the SDK's default buckets (0..10000) suit
+#: milliseconds, not seconds. A View overrides them.
+BUCKETS = (0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+           1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Instrumentation:
+    """One :func:`instrument` call: :meth:`close` stops reporting its pools."""
+
+    def __init__(self, meters: "_Meters", pools: Optional[List["weakref.ref[Any]"]],
+                 histograms: bool) -> None:
+        self._meters = meters
+        self._refs = pools
+        self.histograms = histograms
+        self.closed = False
+
+    def pools(self) -> List[Any]:
+        """The pools reported now: alive and not closed."""
+        if self.closed:
+            return []
+        if self._refs is None:
+            return fork.live_pools()
+        return [p for p in (r() for r in self._refs) if p is not None and not p.closed]
+
+    def close(self) -> None:
+        """Stop reporting these pools (OpenTelemetry has no way to remove an instrument: they
+        stay, with no observations from this call)."""
+        if not self.closed:
+            self.closed = True
+            self._meters.remove(self)
+
+
+def instrument(
+    pools: Union[Any, Iterable[Any], None] = None,
+    *,
+    meter_provider: Optional[Any] = None,
+    histograms: bool = True,
+) -> Instrumentation:
+    """Report ``pools`` (a Pool or an iterable of Pools; None, the default: every pool of the
+    process, including pools made later) to ``meter_provider`` (None: the global one).
+
+    ``histograms=False`` reports only the observable instruments, at no cost to borrowing.
+    Calling it again for the same provider adds to the same instruments.
+    """
+    if not isinstance(histograms, bool):
+        raise TypeError(f"histograms must be True or False, not {histograms!r}")
+    refs = None if pools is None else [weakref.ref(p) for p in _as_list(pools)]
+    provider = meter_provider if meter_provider is not None else _otel.get_meter_provider()
+    with _lock:
+        meters = _by_provider.get(id(provider))
+        if meters is None or meters.provider is not provider:
+            meters = _by_provider[id(provider)] = _Meters(provider)
+        inst = Instrumentation(meters, refs, histograms)
+        meters.add(inst)
+    return inst
+
+
+_lock = threading.Lock()
+#: one set of instruments per MeterProvider: the SDK hands back the first instrument of a name
+#: and ignores the callbacks of a second one, so every instrument() call for a provider shares
+#: them (id -> _Meters; the provider itself is kept, so the id cannot be reused meanwhile)
+_by_provider: Dict[int, "_Meters"] = {}
+
+
+class _Meters:
+    """The instruments of one MeterProvider and the timing listener feeding its histograms."""
+
+    def __init__(self, provider: Any) -> None:
+        self.provider = provider
+        self.sources: List[Instrumentation] = []
+        self._attrs: Dict[str, Dict[str, str]] = {}
+        meter = provider.get_meter("fastpool", __version__)
+        meter.create_observable_up_down_counter(
+            "db.client.connection.count", [self._count], unit="{connection}",
+            description="The number of connections that are currently in state described by the state attribute")
+        meter.create_observable_up_down_counter(
+            "db.client.connection.max", [self._gauge("pool_max")], unit="{connection}",
+            description="The maximum number of open connections allowed")
+        meter.create_observable_up_down_counter(
+            "db.client.connection.idle.min", [self._gauge("pool_min")], unit="{connection}",
+            description="The minimum number of idle open connections allowed")
+        meter.create_observable_up_down_counter(
+            "db.client.connection.pending_requests", [self._gauge("requests_waiting")],
+            unit="{request}",
+            description="The number of current pending requests for an open connection")
+        meter.create_observable_counter(
+            "db.client.connection.timeouts", [self._gauge("requests_timeouts")], unit="{timeout}",
+            description="The number of connection timeouts that have occurred trying to obtain a "
+                        "connection from the pool")
+        self._create = _histogram(meter, "db.client.connection.create_time",
+                                  "The time it took to create a new connection")
+        self._wait = _histogram(meter, "db.client.connection.wait_time",
+                                "The time it took to obtain an open connection from the pool")
+        self._use = _histogram(meter, "db.client.connection.use_time",
+                               "The time between borrowing a connection and returning it to the pool")
+        self.listener = _Listener(self)
+
+    # -- sources ---------------------------------------------------------------------------------
+    def add(self, inst: Instrumentation) -> None:
+        self.sources.append(inst)
+        if inst.histograms:
+            timings.subscribe(self.listener, None if inst._refs is None else inst.pools())
+
+    def remove(self, inst: Instrumentation) -> None:
+        with _lock:
+            if inst in self.sources:
+                self.sources.remove(inst)
+            # Re-derive the subscriptions from the sources left (two may cover one pool).
+            timings.unsubscribe(self.listener)
+            for pool in fork.tracked_pools():
+                timings.unsubscribe(self.listener, [pool])
+            for src in self.sources:
+                if src.histograms:
+                    timings.subscribe(self.listener, None if src._refs is None else src.pools())
+
+    def pools(self) -> Iterator[Any]:
+        seen = set()
+        for src in list(self.sources):
+            for p in src.pools():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+
+    def attrs(self, name: str) -> Dict[str, str]:
+        a = self._attrs.get(name)
+        if a is None:
+            a = self._attrs[name] = {POOL_NAME: name}
+        return a
+
+    # -- observable callbacks ----------------------------------------------------------------------
+    def _count(self, options: CallbackOptions) -> Iterator[Observation]:
+        for p in self.pools():
+            s = p.stats()
+            yield Observation(s["pool_available"], {POOL_NAME: p.name, STATE: "idle"})
+            yield Observation(s["pool_used"], {POOL_NAME: p.name, STATE: "used"})
+
+    def _gauge(self, key: str) -> Any:
+        def callback(options: CallbackOptions) -> Iterator[Observation]:
+            for p in self.pools():
+                yield Observation(p.stats()[key], self.attrs(p.name))
+
+        return callback
+
+
+def _histogram(meter: Any, name: str, description: str) -> Any:
+    try:
+        return meter.create_histogram(name, unit="s", description=description,
+                                      explicit_bucket_boundaries_advisory=BUCKETS)
+    except TypeError:  # opentelemetry-api < 1.23: no advisory; the SDK's defaults or a View
+        return meter.create_histogram(name, unit="s", description=description)
+
+
+class _Listener:
+    """fastpool.timings listener -> the three histograms (holds no pool)."""
+
+    def __init__(self, meters: _Meters) -> None:
+        self._attrs = meters.attrs
+        self._create = meters._create.record
+        self._wait = meters._wait.record
+        self._use = meters._use.record
+
+    def connection_created(self, pool_name: str, seconds: float) -> None:
+        self._create(seconds, self._attrs(pool_name))
+
+    def connection_waited(self, pool_name: str, seconds: float) -> None:
+        self._wait(seconds, self._attrs(pool_name))
+
+    def connection_used(self, pool_name: str, seconds: float) -> None:
+        self._use(seconds, self._attrs(pool_name))
+

@@ -1,0 +1,465 @@
+"""Metrics the way users collect them: ``fastpool.prometheus.Collector`` in a real
+``prometheus_client`` registry and ``fastpool.otel`` read by the OpenTelemetry SDK's in-memory
+reader, against the real server on both cores; and the Django ``FASTPOOL_METRICS`` setting."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pytest
+
+import fastpool
+from fastpool import timings
+
+prometheus_client = pytest.importorskip("prometheus_client")
+pytest.importorskip("opentelemetry.sdk.metrics")
+
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from fastpool import otel  # noqa: E402
+from fastpool.prometheus import Collector  # noqa: E402
+
+SECRET = "s3cr3t-Pa55"
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() > deadline:
+            assert value, "condition not met in time"
+            return value
+        time.sleep(0.005)
+
+
+class Exhausted:
+    """A pool of max_size 2 with both connections borrowed and one request queued on it; the
+    request times out (PoolTimeout) when :meth:`finish` is called, not before."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.held = [pool.getconn(), pool.getconn()]
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._wait)
+        self.thread.start()
+        wait_until(lambda: pool.stats()["requests_waiting"] == 1)
+
+    def _wait(self) -> None:
+        try:
+            self.pool.getconn(timeout=0.5)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        self.thread.join(30)
+        assert isinstance(self.error, fastpool.PoolTimeout), self.error
+        for conn in self.held:
+            self.pool.putconn(conn)
+
+
+def settled_stats(pool: Any, read: Callable[[], Any]) -> Tuple[Dict[str, int], Any]:
+    """stats() and ``read()`` taken with nothing changing in between (a background task may
+    run between the two: take both again until stats() is the same before and after)."""
+    for _ in range(50):
+        before = pool.stats()
+        got = read()
+        if pool.stats() == before:
+            return before, got
+    raise AssertionError("stats() never settled")
+
+
+# -- prometheus_client ------------------------------------------------------------------------------
+
+
+def prom_samples(registry: Any, pool_name: str) -> Dict[str, float]:
+    """{sample name: value} of one pool, read back through the registry's text exposition."""
+    out = {}
+    for fam in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in fam.samples:
+            if s.labels.get("pool") == pool_name:
+                out[s.name] = s.value
+    return out
+
+
+def test_collector_matches_stats_under_borrowing(make_pool: Any) -> None:
+    pool = make_pool(min_size=2, max_size=2, name="prom-borrow", timeout=5)
+    pool.wait()
+    registry = CollectorRegistry()
+    registry.register(Collector(pool, labels={"service": "web"}))
+
+    with pool.connection() as conn:
+        conn.cursor().execute("SELECT 1")
+        stats, got = settled_stats(pool, lambda: prom_samples(registry, "prom-borrow"))
+        assert (got["fastpool_pool_available"], got["fastpool_pool_used"]) == (1, 1)
+
+    busy = Exhausted(pool)
+    stats, got = settled_stats(pool, lambda: prom_samples(registry, "prom-borrow"))
+    assert got["fastpool_requests_waiting"] == 1
+    assert (got["fastpool_pool_available"], got["fastpool_pool_used"]) == (0, 2)
+    busy.finish()
+
+    stats, got = settled_stats(pool, lambda: prom_samples(registry, "prom-borrow"))
+    assert got["fastpool_requests_timeouts_total"] == stats["requests_timeouts"] == 1
+    for key, metric in fastpool.metrics.METRICS.items():
+        assert got["fastpool_" + metric.name] == stats[key] / metric.divisor, key
+    assert got["fastpool_connections_total"] == 2 and got["fastpool_requests_total"] == 4
+    assert got["fastpool_usage_seconds_total"] > 0 and got["fastpool_connections_seconds_total"] > 0
+    assert 'service="web"' in generate_latest(registry).decode()
+
+
+def test_collector_types_units_and_duplicate_registration(make_pool: Any) -> None:
+    pool = make_pool(min_size=0, name="prom-types")
+    registry = CollectorRegistry()
+    registry.register(Collector([pool]))
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        registry.register(Collector([pool]))  # describe() names the families at register time
+    fams = {f.name: f for f in registry.collect()}
+    for key, metric in fastpool.metrics.METRICS.items():
+        base = "fastpool_" + (metric.name[: -len("_total")] if metric.type == "counter" else metric.name)
+        assert fams[base].type == metric.type, key
+        assert fams[base].unit == metric.unit, key
+        if metric.unit:
+            assert base.endswith("_" + metric.unit)
+    text = generate_latest(registry).decode()
+    assert "# TYPE fastpool_requests_wait_seconds_total counter" in text
+    # the same table as prometheus_text(): one source of truth for both outputs
+    assert prometheus_text_names(pool) == {
+        s.name for f in registry.collect() for s in f.samples if not s.name.endswith("_created")
+    }
+
+
+def prometheus_text_names(pool: Any) -> set:
+    return {line.split("{")[0] for line in fastpool.prometheus_text(pool).splitlines()
+            if not line.startswith("#")}
+
+
+def test_collector_holds_pools_weakly(Pool: type, dsn: str) -> None:
+    """A closed pool leaves the exposition, and the collector keeps no reference to it: it is
+    garbage-collected. (A closed pool, because an open one is kept alive by its own maintenance
+    timer today, collector or not: issue 11.)"""
+    everything = CollectorRegistry()
+    everything.register(Collector())
+    listed = CollectorRegistry()
+    name = f"prom-weak-{uuid.uuid4().hex[:8]}"
+    pool = Pool(dsn, min_size=1, name=name)
+    listed.register(Collector([pool]))
+    pool.wait()
+    pool.putconn(pool.getconn())
+    assert prom_samples(everything, name)["fastpool_requests_total"] == 1
+    assert prom_samples(listed, name)["fastpool_requests_total"] == 1
+    pool.close()
+    assert prom_samples(everything, name) == {} and prom_samples(listed, name) == {}
+    ref = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert ref() is None, "a collector keeps the pool alive"
+    assert prom_samples(listed, name) == {}
+
+
+def test_collector_arguments() -> None:
+    with pytest.raises(ValueError, match="pool"):
+        Collector(labels={"pool": "x"})
+    with pytest.raises(TypeError, match="labels"):
+        Collector(labels=["service"])
+    with pytest.raises(ValueError, match="prefix"):
+        Collector(prefix="1bad")
+    with pytest.raises(TypeError, match="Pool"):
+        Collector(42)
+
+
+# -- OpenTelemetry ----------------------------------------------------------------------------------
+
+
+class OTel:
+    """A fresh SDK MeterProvider with an in-memory reader; ``read()`` -> {metric name: points}."""
+
+    def __init__(self) -> None:
+        self.reader = InMemoryMetricReader()
+        self.provider = MeterProvider(metric_readers=[self.reader])
+
+    def read(self) -> Dict[str, List[Any]]:
+        data = self.reader.get_metrics_data()
+        out: Dict[str, List[Any]] = {}
+        for rm in data.resource_metrics if data else []:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    out.setdefault(m.name, []).extend(m.data.data_points)
+        return out
+
+    def points(self, data: Dict[str, List[Any]], metric: str, pool: str, **attrs: str) -> List[Any]:
+        want = {"db.client.connection.pool.name": pool,
+                **{f"db.client.connection.{k}": v for k, v in attrs.items()}}
+        return [p for p in data.get(metric, []) if dict(p.attributes) == want]
+
+    def value(self, data: Dict[str, List[Any]], metric: str, pool: str, **attrs: str) -> float:
+        pts = self.points(data, metric, pool, **attrs)
+        assert len(pts) == 1, (metric, pts)
+        return pts[0].value
+
+
+@pytest.fixture
+def sdk() -> Any:
+    o = OTel()
+    yield o
+    o.provider.shutdown()
+
+
+def test_otel_matches_stats_under_borrowing(make_pool: Any, sdk: OTel) -> None:
+    pool = make_pool(min_size=2, max_size=2, name="otel-borrow", timeout=5)
+    inst = otel.instrument(pool, meter_provider=sdk.provider)
+    pool.wait()
+    name = "otel-borrow"
+
+    with pool.connection() as conn:
+        conn.cursor().execute("SELECT 1")
+        stats, data = settled_stats(pool, sdk.read)
+        assert sdk.value(data, "db.client.connection.count", name, state="idle") == 1
+        assert sdk.value(data, "db.client.connection.count", name, state="used") == 1
+
+    busy = Exhausted(pool)
+    stats, data = settled_stats(pool, sdk.read)
+    assert sdk.value(data, "db.client.connection.pending_requests", name) == 1
+    assert sdk.value(data, "db.client.connection.count", name, state="idle") == 0
+    assert sdk.value(data, "db.client.connection.count", name, state="used") == 2
+    assert sdk.value(data, "db.client.connection.timeouts", name) == 0
+    busy.finish()
+
+    stats, data = settled_stats(pool, sdk.read)
+    assert sdk.value(data, "db.client.connection.timeouts", name) == stats["requests_timeouts"] == 1
+    assert sdk.value(data, "db.client.connection.max", name) == stats["pool_max"] == 2
+    assert sdk.value(data, "db.client.connection.idle.min", name) == stats["pool_min"] == 2
+    assert sdk.value(data, "db.client.connection.pending_requests", name) == 0
+    assert sdk.value(data, "db.client.connection.count", name, state="idle") == stats["pool_available"]
+    assert "db.client.connection.idle.max" not in data  # not meaningful here: see fastpool.otel
+
+    # histograms: one observation per event, and the sums agree with stats()' own sums
+    create = sdk.points(data, "db.client.connection.create_time", name)[0]
+    wait = sdk.points(data, "db.client.connection.wait_time", name)[0]
+    use = sdk.points(data, "db.client.connection.use_time", name)[0]
+    assert create.count == stats["connections_num"] == 2
+    assert wait.count == stats["requests_num"] - stats["requests_errors"] == 3
+    assert use.count == 3
+    assert abs(create.sum - stats["connections_ms"] / 1000) < 0.002 * create.count
+    assert abs(use.sum - stats["usage_ms"] / 1000) < 0.002 * use.count
+    assert use.min > 0 and wait.min >= 0
+    assert list(wait.explicit_bounds) == list(otel.BUCKETS)
+    inst.close()
+    assert sdk.points(sdk.read(), "db.client.connection.max", name) == []
+
+
+def test_otel_queued_wait_is_observed(make_pool: Any, sdk: OTel) -> None:
+    """A request that queues is timed from the miss to the handoff (the policy's slow path)."""
+    pool = make_pool(min_size=1, max_size=1, name="otel-queue", timeout=10)
+    otel.instrument(pool, meter_provider=sdk.provider)
+    pool.wait()
+    held = pool.getconn()
+    got: List[Any] = []
+    t = threading.Thread(target=lambda: got.append(pool.getconn()))
+    t.start()
+    wait_until(lambda: pool.stats()["requests_waiting"] == 1)
+    time.sleep(0.05)  # the measured wait: long enough to tell from a fast-path hand-out
+    pool.putconn(held)
+    t.join(30)
+    pool.putconn(got[0])
+    stats, data = settled_stats(pool, sdk.read)
+    wait = sdk.points(data, "db.client.connection.wait_time", "otel-queue")[0]
+    assert wait.count == 2 and stats["requests_queued"] == 1
+    assert wait.max >= 0.05
+    assert abs(wait.max - stats["requests_wait_ms"] / 1000) < 0.002
+
+
+def test_otel_histograms_off_and_weak_pools(Pool: type, dsn: str, sdk: OTel) -> None:
+    name = f"otel-all-{uuid.uuid4().hex[:8]}"
+    inst = otel.instrument(meter_provider=sdk.provider, histograms=False)
+    pool = Pool(dsn, min_size=1, name=name)  # made after instrument(): still reported
+    listed = otel.instrument(pool, meter_provider=sdk.provider)  # histograms for this one
+    try:
+        pool.wait()
+        pool.putconn(pool.getconn())
+        data = sdk.read()
+        assert sdk.value(data, "db.client.connection.max", name) == 10  # once, not per source
+        assert sdk.points(data, "db.client.connection.use_time", name)[0].count == 1
+        listed.close()
+        assert pool._waited_hook is None and pool._created_hook is None  # fast paths untouched
+        pool.putconn(pool.getconn())
+        assert sdk.points(sdk.read(), "db.client.connection.use_time", name)[0].count == 1
+        pool.close()
+        assert sdk.points(sdk.read(), "db.client.connection.max", name) == []
+        ref = weakref.ref(pool)
+        del pool
+        gc.collect()
+        assert ref() is None, "instrumentation keeps the pool alive"
+    finally:
+        inst.close()
+        listed.close()
+
+
+def test_otel_all_pools_histograms_for_later_pools(Pool: type, dsn: str, sdk: OTel) -> None:
+    name = f"otel-later-{uuid.uuid4().hex[:8]}"
+    inst = otel.instrument(meter_provider=sdk.provider)
+    pool = Pool(dsn, min_size=1, name=name)
+    try:
+        pool.wait()
+        pool.putconn(pool.getconn())
+        data = sdk.read()
+        assert sdk.points(data, "db.client.connection.use_time", name)[0].count == 1
+        assert sdk.points(data, "db.client.connection.create_time", name)[0].count == 1
+        inst.close()
+        assert pool._waited_hook is None  # closed: the fast paths are untouched again
+        pool.putconn(pool.getconn())
+    finally:
+        inst.close()
+        pool.close()
+
+
+def test_otel_names_follow_semantic_conventions() -> None:
+    semconv = pytest.importorskip("opentelemetry.semconv._incubating.metrics.db_metrics")
+    attrs = pytest.importorskip("opentelemetry.semconv._incubating.attributes.db_attributes")
+    assert otel.POOL_NAME == attrs.DB_CLIENT_CONNECTION_POOL_NAME
+    assert otel.STATE == attrs.DB_CLIENT_CONNECTION_STATE
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    otel.instrument([], meter_provider=provider).close()
+    for const in ("COUNT", "MAX", "IDLE_MIN", "PENDING_REQUESTS", "TIMEOUTS", "CREATE_TIME",
+                  "WAIT_TIME", "USE_TIME"):
+        assert getattr(semconv, f"DB_CLIENT_CONNECTION_{const}").startswith("db.client.connection.")
+    provider.shutdown()
+
+
+def test_otel_arguments() -> None:
+    with pytest.raises(TypeError, match="histograms"):
+        otel.instrument([], histograms="yes")
+    with pytest.raises(TypeError, match="Pool"):
+        otel.instrument(42)
+
+
+# -- timings and secrets ----------------------------------------------------------------------------
+
+
+def test_broken_listener_never_breaks_borrowing(make_pool: Any, caplog: Any) -> None:
+    class Broken:
+        def connection_waited(self, name: str, s: float) -> None:
+            raise RuntimeError("exporter bug")
+
+        connection_used = connection_created = connection_waited
+
+    pool = make_pool(min_size=1, name="broken-listener")
+    listener = Broken()
+    timings.subscribe(listener, [pool])
+    try:
+        pool.wait()
+        for _ in range(3):
+            pool.putconn(pool.getconn())
+    finally:
+        timings.unsubscribe(listener, [pool])
+    assert pool.stats()["requests_num"] == 3
+    reports = [r for r in caplog.records if "timing listener" in r.getMessage()]
+    assert 1 <= len(reports) <= 3  # once per listener method, not per event
+    with pytest.raises(TypeError, match="connection_waited"):
+        timings.subscribe(object(), [pool])
+
+
+def test_no_password_in_labels_or_attributes(make_pool: Any, dsn: str, sdk: OTel) -> None:
+    # trust authentication: the server ignores the password, the pool must not repeat it
+    pool = make_pool(conninfo=f"{dsn} password={SECRET}", min_size=1)
+    url_pool = make_pool(kwargs={"password": SECRET}, min_size=0)
+    registry = CollectorRegistry()
+    registry.register(Collector())
+    inst = otel.instrument(meter_provider=sdk.provider)
+    pool.wait()
+    pool.putconn(pool.getconn())
+    inst.close()  # (the observable instruments are read below; closing stops the histograms)
+    text = generate_latest(registry).decode()
+    assert pool.name in text and url_pool.name in text
+    data = sdk.read()
+    assert data
+    for part in (SECRET, SECRET[:6], SECRET[-5:]):
+        assert part not in text
+        assert part not in fastpool.prometheus_text([pool, url_pool])
+        assert part not in json.dumps({k: [dict(p.attributes) for p in v] for k, v in data.items()})
+
+
+# -- Django -----------------------------------------------------------------------------------------
+
+DJANGO_SCRIPT = r"""
+import json, os, sys
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+
+import psycopg2.extensions
+import django
+from django.conf import settings
+p = psycopg2.extensions.parse_dsn(os.environ["FASTPOOL_TEST_DSN"])
+settings.configure(
+    INSTALLED_APPS=["django_fastpool"],
+    FASTPOOL_METRICS=json.loads(os.environ["FP_METRICS"]),
+    DATABASES={"default": {
+        "ENGINE": "django_fastpool", "NAME": p.get("dbname", "test"), "USER": p.get("user", ""),
+        "PASSWORD": p.get("password", ""), "HOST": p.get("host", ""), "PORT": p.get("port", ""),
+        "OPTIONS": {"pool": {"min_size": 1, "max_size": 3}},
+    }},
+)
+try:
+    django.setup()
+except Exception as exc:
+    print("RESULT " + json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+    sys.exit(0)
+from django.db import connection
+with connection.cursor() as cur:
+    cur.execute("SELECT 1")
+connection.close()
+from prometheus_client import REGISTRY, generate_latest
+text = generate_latest(REGISTRY).decode()
+data = reader.get_metrics_data()
+names = sorted({m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics})
+from django_fastpool import metrics as dm
+again = dm.setup_from_settings()  # idempotent: no second registration
+print("RESULT " + json.dumps({
+    "prom": [l for l in text.splitlines() if l.startswith("fastpool_pool_max")],
+    "otel": names, "registered": len(again),
+}))
+"""
+
+
+def run_django(dsn: str, impl: str, wanted: Any) -> Dict[str, Any]:
+    env = dict(os.environ, FASTPOOL_TEST_DSN=dsn, FASTPOOL_IMPL=impl, FP_METRICS=json.dumps(wanted))
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    proc = subprocess.run([sys.executable, "-c", DJANGO_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and len(lines) == 1, proc.stdout + proc.stderr
+    return json.loads(lines[0][len("RESULT "):])
+
+
+def test_django_setting_registers_both(dsn: str, impl: str) -> None:
+    pytest.importorskip("django")
+    out = run_django(dsn, impl, ["prometheus", "opentelemetry"])
+    assert out["prom"] == ['fastpool_pool_max{pool="django:default"} 3.0']
+    assert "db.client.connection.count" in out["otel"]
+    assert "db.client.connection.use_time" in out["otel"]
+    assert out["registered"] == 2
+
+
+def test_django_setting_rejects_unknown(dsn: str, impl: str) -> None:
+    pytest.importorskip("django")
+    out = run_django(dsn, impl, ["statsd"])
+    assert "FASTPOOL_METRICS" in out["error"] and "statsd" in out["error"]
+    out = run_django(dsn, impl, "prometheus")
+    assert "FASTPOOL_METRICS must be a list" in out["error"]
