@@ -255,12 +255,15 @@ cdef class Core:
             self._ticks = TICK_EVERY
             self._on_tick()
         cdef double spent = 0.0, t0 = 0.0
-        if self._wait_hook is not None:
+        # Another thread may (un)subscribe while _try_get_c runs Python code: call the hook only
+        # if t0 was taken and it is still set (a C bint, not a local object: no refcounting).
+        cdef bint timed = self._wait_hook is not None
+        if timed:
             t0 = _clock()
         conn = self._try_get_c(timeout, &spent)
         if conn is None:
             conn = self._on_miss(timeout, spent)  # the policy reports the waits it serves
-        elif self._wait_hook is not None:
+        elif timed and self._wait_hook is not None:
             self._wait_hook(_clock() - t0)
         return conn
 
@@ -414,6 +417,7 @@ cdef class Core:
             w = self._restore_slot(slot, t)
             if w is not None:
                 w.wake()
+        # (check and call are adjacent C statements: no other thread can unset it in between)
         if self._use_hook is not None:
             self._use_hook(used)
 

@@ -216,12 +216,13 @@ class Core:
             self._ticks = TICK_EVERY
             self._on_tick()
         spent = [0.0]
-        t0 = now() if self._wait_hook is not None else 0.0
+        hook = self._wait_hook  # read once: another thread may (un)subscribe meanwhile
+        t0 = now() if hook is not None else 0.0
         conn = self._try_get(timeout, spent)
         if conn is None:
             conn = self._on_miss(timeout, spent[0])  # the policy reports the waits it serves
-        elif self._wait_hook is not None:
-            self._wait_hook(now() - t0)
+        elif hook is not None:
+            hook(now() - t0)
         return conn
 
     def _try_get(self, timeout: Optional[float] = None, spent: Optional[List[float]] = None) -> Any:
@@ -344,8 +345,9 @@ class Core:
         except BaseException:
             self._abandon(slot, conn)
             raise
-        if self._use_hook is not None:
-            self._use_hook(used)
+        hook = self._use_hook
+        if hook is not None:
+            hook(used)
 
     # -- transitions used by the policy layer --------------------------------------------------
     def _restore(self, slot: int) -> bool:

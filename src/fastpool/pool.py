@@ -353,8 +353,9 @@ class PoolPolicy:
             if r == 1:  # RETRY: a connection became free between the miss and the enqueue
                 conn = self._try_get(max(deadline - monotonic(), 1e-6))
                 if conn is not None:
-                    if self._waited_hook is not None:
-                        self._waited_hook(monotonic() - start)
+                    hook = self._waited_hook
+                    if hook is not None:
+                        hook(monotonic() - start)
                     return conn
                 continue
             if r == 3:  # CLOSED_POOL: close() ran since the check above
@@ -378,8 +379,9 @@ class PoolPolicy:
         if conn is not None:
             waited = monotonic() - start
             self._requests_wait += waited
-            if self._waited_hook is not None:
-                self._waited_hook(waited)
+            hook = self._waited_hook
+            if hook is not None:
+                hook(waited)
             if self._leak_timeout is not None:
                 self._on_checkout(self._slot_for(conn))
             return conn
@@ -586,8 +588,9 @@ class PoolPolicy:
         with self._lock:
             self._connections_num += 1
             self._connections_time += took
-        if self._created_hook is not None:
-            self._created_hook(took)
+        hook = self._created_hook
+        if hook is not None:
+            hook(took)
         return conn
 
     def _adopt_defaults(self, conn: Any) -> None:
