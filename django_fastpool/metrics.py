@@ -4,6 +4,8 @@
 
     INSTALLED_APPS = [..., "django_fastpool"]
     FASTPOOL_METRICS = ["prometheus", "opentelemetry"]   # either or both
+    # or with options for fastpool.prometheus.Collector / fastpool.otel.instrument:
+    FASTPOOL_METRICS = {"prometheus": {"histograms": True}, "opentelemetry": {"histograms": False}}
 
 * ``"prometheus"``: a :class:`fastpool.prometheus.Collector` over every pool of the process in
   ``prometheus_client.REGISTRY`` (the default registry that ``django-prometheus`` and
@@ -16,7 +18,7 @@ Pools are named ``django:<alias>``. Both need ``pip install 'fastpool[metrics]'`
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List, Mapping
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -29,10 +31,21 @@ registered: List[Any] = []
 
 def setup_from_settings() -> List[Any]:
     """Register what ``settings.FASTPOOL_METRICS`` asks for, once per process."""
-    wanted = getattr(settings, "FASTPOOL_METRICS", None) or []
-    if isinstance(wanted, str) or not isinstance(wanted, (list, tuple)):
+    setting = getattr(settings, "FASTPOOL_METRICS", None) or []
+    wanted: Dict[str, Dict[str, Any]]
+    if isinstance(setting, Mapping):
+        wanted = {}
+        for name, options in setting.items():
+            if not isinstance(options, Mapping):
+                raise ImproperlyConfigured(
+                    f"FASTPOOL_METRICS[{name!r}] must be a dict of options, not {options!r}")
+            wanted[name] = dict(options)
+    elif isinstance(setting, (list, tuple)):
+        wanted = {name: {} for name in setting}
+    else:
         raise ImproperlyConfigured(
-            f"FASTPOOL_METRICS must be a list of {', '.join(map(repr, EXPORTERS))}, not {wanted!r}")
+            f"FASTPOOL_METRICS must be a list of {', '.join(map(repr, EXPORTERS))} (or a dict of "
+            f"them to options), not {setting!r}")
     unknown = [w for w in wanted if w not in EXPORTERS]
     if unknown:
         raise ImproperlyConfigured(
@@ -45,14 +58,21 @@ def setup_from_settings() -> List[Any]:
 
             from fastpool.prometheus import Collector
 
-            collector = Collector()
+            collector = _make("prometheus", Collector, wanted["prometheus"])
             REGISTRY.register(collector)
             registered.append(collector)
         if "opentelemetry" in wanted:
             from fastpool import otel
 
-            registered.append(otel.instrument())
+            registered.append(_make("opentelemetry", otel.instrument, wanted["opentelemetry"]))
     except ImportError as exc:
         raise ImproperlyConfigured(
             f"FASTPOOL_METRICS needs the metrics extra: pip install 'fastpool[metrics]' ({exc})") from exc
     return registered
+
+
+def _make(name: str, factory: Any, options: Dict[str, Any]) -> Any:
+    try:
+        return factory(**options)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"FASTPOOL_METRICS[{name!r}]: {exc}") from exc

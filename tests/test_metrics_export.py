@@ -46,28 +46,25 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 
 class Exhausted:
-    """A pool of max_size 2 with both connections borrowed and one request queued on it; the
-    request times out (PoolTimeout) when :meth:`finish` is called, not before."""
+    """A pool of max_size 2 with both connections borrowed and one request queued on it.
+    :meth:`finish` makes one more request time out (nothing is returned meanwhile: a certain
+    PoolTimeout), then returns everything: 5 requests, 4 served, 1 timeout, 4 returns."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.held = [pool.getconn(), pool.getconn()]
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._wait)
+        self.got: List[Any] = []
+        self.thread = threading.Thread(target=lambda: self.got.append(pool.getconn(timeout=60)))
         self.thread.start()
         wait_until(lambda: pool.stats()["requests_waiting"] == 1)
 
-    def _wait(self) -> None:
-        try:
-            self.pool.getconn(timeout=0.5)
-        except BaseException as exc:
-            self.error = exc
-
     def finish(self) -> None:
-        self.thread.join(30)
-        assert isinstance(self.error, fastpool.PoolTimeout), self.error
+        with pytest.raises(fastpool.PoolTimeout):
+            self.pool.getconn(timeout=0.05)
         for conn in self.held:
             self.pool.putconn(conn)
+        self.thread.join(60)
+        self.pool.putconn(self.got[0])
 
 
 def settled_stats(pool: Any, read: Callable[[], Any]) -> Tuple[Dict[str, int], Any]:
@@ -95,10 +92,11 @@ def prom_samples(registry: Any, pool_name: str) -> Dict[str, float]:
 
 
 def test_collector_matches_stats_under_borrowing(make_pool: Any) -> None:
-    pool = make_pool(min_size=2, max_size=2, name="prom-borrow", timeout=5)
-    pool.wait()
+    pool = make_pool(min_size=2, max_size=2, name="prom-borrow", timeout=5, open=False)
     registry = CollectorRegistry()
-    registry.register(Collector(pool, labels={"service": "web"}))
+    collector = Collector(pool, labels={"service": "web"}, histograms=True)
+    registry.register(collector)
+    pool.open(wait=True)  # after subscribing: the connects are observed too
 
     with pool.connection() as conn:
         conn.cursor().execute("SELECT 1")
@@ -115,9 +113,35 @@ def test_collector_matches_stats_under_borrowing(make_pool: Any) -> None:
     assert got["fastpool_requests_timeouts_total"] == stats["requests_timeouts"] == 1
     for key, metric in fastpool.metrics.METRICS.items():
         assert got["fastpool_" + metric.name] == stats[key] / metric.divisor, key
-    assert got["fastpool_connections_total"] == 2 and got["fastpool_requests_total"] == 4
+    assert got["fastpool_connections_total"] == 2 and got["fastpool_requests_total"] == 5
     assert got["fastpool_usage_seconds_total"] > 0 and got["fastpool_connections_seconds_total"] > 0
     assert 'service="web"' in generate_latest(registry).decode()
+    # histograms: one observation per event (4 successful getconns, 4 putconns, 2 connects)
+    assert got["fastpool_connection_wait_seconds_count"] == 4
+    assert got["fastpool_connection_use_seconds_count"] == 4
+    assert got["fastpool_connection_create_seconds_count"] == stats["connections_num"] == 2
+    assert abs(got["fastpool_connection_use_seconds_sum"] - stats["usage_ms"] / 1000) < 0.006
+    assert abs(got["fastpool_connection_create_seconds_sum"] - stats["connections_ms"] / 1000) < 0.004
+    collector.close()
+    assert pool._waited_hook is None  # closed: borrowing is untouched again
+    pool.putconn(pool.getconn())
+    assert prom_samples(registry, "prom-borrow")["fastpool_connection_use_seconds_count"] == 4
+
+
+def test_collector_histogram_buckets(make_pool: Any) -> None:
+    pool = make_pool(min_size=1, max_size=1, name="prom-buckets", timeout=10)
+    registry = CollectorRegistry()
+    registry.register(Collector([pool], histograms=True))
+    conn = pool.getconn()
+    time.sleep(0.06)  # a borrow longer than 0.05 s: lands above the 0.05 bucket
+    pool.putconn(conn)
+    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    buckets = {s.labels["le"]: s.value for s in fams["fastpool_connection_use_seconds"].samples
+               if s.name.endswith("_bucket")}
+    assert list(buckets) == [repr(float(b)) for b in timings.BUCKETS] + ["+Inf"]
+    assert buckets["0.05"] == 0 and buckets["0.1"] == 1 and buckets["+Inf"] == 1
+    values = list(buckets.values())
+    assert values == sorted(values)  # cumulative
 
 
 def test_collector_types_units_and_duplicate_registration(make_pool: Any) -> None:
@@ -218,9 +242,9 @@ def sdk() -> Any:
 
 
 def test_otel_matches_stats_under_borrowing(make_pool: Any, sdk: OTel) -> None:
-    pool = make_pool(min_size=2, max_size=2, name="otel-borrow", timeout=5)
+    pool = make_pool(min_size=2, max_size=2, name="otel-borrow", timeout=5, open=False)
     inst = otel.instrument(pool, meter_provider=sdk.provider)
-    pool.wait()
+    pool.open(wait=True)  # after instrumenting: the connects are observed too
     name = "otel-borrow"
 
     with pool.connection() as conn:
@@ -250,8 +274,8 @@ def test_otel_matches_stats_under_borrowing(make_pool: Any, sdk: OTel) -> None:
     wait = sdk.points(data, "db.client.connection.wait_time", name)[0]
     use = sdk.points(data, "db.client.connection.use_time", name)[0]
     assert create.count == stats["connections_num"] == 2
-    assert wait.count == stats["requests_num"] - stats["requests_errors"] == 3
-    assert use.count == 3
+    assert wait.count == stats["requests_num"] - stats["requests_errors"] == 4
+    assert use.count == 4
     assert abs(create.sum - stats["connections_ms"] / 1000) < 0.002 * create.count
     assert abs(use.sum - stats["usage_ms"] / 1000) < 0.002 * use.count
     assert use.min > 0 and wait.min >= 0
@@ -433,6 +457,8 @@ again = dm.setup_from_settings()  # idempotent: no second registration
 print("RESULT " + json.dumps({
     "prom": [l for l in text.splitlines() if l.startswith("fastpool_pool_max")],
     "otel": names, "registered": len(again),
+    "prom_histograms": sum(1 for l in text.splitlines()
+                           if l.startswith('fastpool_connection_use_seconds_count{pool="django:default"')),
 }))
 """
 
@@ -463,3 +489,15 @@ def test_django_setting_rejects_unknown(dsn: str, impl: str) -> None:
     assert "FASTPOOL_METRICS" in out["error"] and "statsd" in out["error"]
     out = run_django(dsn, impl, "prometheus")
     assert "FASTPOOL_METRICS must be a list" in out["error"]
+    out = run_django(dsn, impl, {"prometheus": {"histogram": True}})
+    assert "FASTPOOL_METRICS['prometheus']" in out["error"] and "histogram" in out["error"]
+
+
+def test_django_setting_with_options(dsn: str, impl: str) -> None:
+    pytest.importorskip("django")
+    out = run_django(dsn, impl, {"prometheus": {"histograms": True, "labels": {"service": "web"}},
+                                 "opentelemetry": {"histograms": False}})
+    assert out["prom"] == ['fastpool_pool_max{pool="django:default",service="web"} 3.0']
+    assert out["prom_histograms"] == 1
+    assert "db.client.connection.count" in out["otel"]
+    assert "db.client.connection.use_time" not in out["otel"]

@@ -61,11 +61,9 @@ __all__ = ["instrument", "Instrumentation"]
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
 
-#: advisory histogram buckets (seconds): a hand-out from the idle stack takes microseconds, a
-#: queued wait or a connect milliseconds to seconds; the SDK's default buckets (0..10000) suit
-#: milliseconds, not seconds. A View overrides them.
-BUCKETS = (0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-           1.0, 2.5, 5.0, 10.0, 30.0)
+#: advisory histogram buckets (seconds; the SDK's defaults, 0..10000, suit milliseconds); a View
+#: overrides them
+BUCKETS = timings.BUCKETS
 
 
 class Instrumentation:
@@ -85,6 +83,13 @@ class Instrumentation:
         if self._refs is None:
             return fork.live_pools()
         return [p for p in (r() for r in self._refs) if p is not None and not p.closed]
+
+    def subscribed(self) -> Optional[List[Any]]:
+        """The pools whose timings to observe: None for every pool; else the listed ones still
+        alive, open or not (a pool instrumented before open() reports its first connects)."""
+        if self._refs is None:
+            return None
+        return [p for p in (r() for r in self._refs) if p is not None]
 
     def close(self) -> None:
         """Stop reporting these pools (OpenTelemetry has no way to remove an instrument: they
@@ -163,7 +168,7 @@ class _Meters:
     def add(self, inst: Instrumentation) -> None:
         self.sources.append(inst)
         if inst.histograms:
-            timings.subscribe(self.listener, None if inst._refs is None else inst.pools())
+            timings.subscribe(self.listener, inst.subscribed())
 
     def remove(self, inst: Instrumentation) -> None:
         with _lock:
@@ -175,7 +180,7 @@ class _Meters:
                 timings.unsubscribe(self.listener, [pool])
             for src in self.sources:
                 if src.histograms:
-                    timings.subscribe(self.listener, None if src._refs is None else src.pools())
+                    timings.subscribe(self.listener, src.subscribed())
 
     def pools(self) -> Iterator[Any]:
         seen = set()
