@@ -4,14 +4,15 @@
 
     INSTALLED_APPS = [..., "django_fastpool"]
     FASTPOOL_METRICS = ["prometheus", "opentelemetry"]   # either or both
-    # or with options for fastpool.prometheus.Collector / fastpool.otel.instrument:
-    FASTPOOL_METRICS = {"prometheus": {"histograms": True}, "opentelemetry": {"histograms": False}}
+    # or with options for fastpool.prometheus.Collector / fastpool.otel.instrument, e.g. the
+    # opt-in per-event histograms (each costs a call per getconn/putconn):
+    FASTPOOL_METRICS = {"prometheus": {"histograms": True}, "opentelemetry": {"histograms": True}}
 
 * ``"prometheus"``: a :class:`fastpool.prometheus.Collector` over every pool of the process in
   ``prometheus_client.REGISTRY`` (the default registry that ``django-prometheus`` and
   ``prometheus_client``'s own exposition serve).
-* ``"opentelemetry"``: :func:`fastpool.otel.instrument` on the global MeterProvider, histograms
-  included (configure the provider before Django starts, as the OpenTelemetry SDK asks).
+* ``"opentelemetry"``: :func:`fastpool.otel.instrument` on the global MeterProvider (configure
+  the provider before Django starts, as the OpenTelemetry SDK asks).
 
 Pools are named ``django:<alias>``. Both need ``pip install 'fastpool[metrics]'``.
 """

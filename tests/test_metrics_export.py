@@ -243,7 +243,7 @@ def sdk() -> Any:
 
 def test_otel_matches_stats_under_borrowing(make_pool: Any, sdk: OTel) -> None:
     pool = make_pool(min_size=2, max_size=2, name="otel-borrow", timeout=5, open=False)
-    inst = otel.instrument(pool, meter_provider=sdk.provider)
+    inst = otel.instrument(pool, meter_provider=sdk.provider, histograms=True)
     pool.open(wait=True)  # after instrumenting: the connects are observed too
     name = "otel-borrow"
 
@@ -287,7 +287,7 @@ def test_otel_matches_stats_under_borrowing(make_pool: Any, sdk: OTel) -> None:
 def test_otel_queued_wait_is_observed(make_pool: Any, sdk: OTel) -> None:
     """A request that queues is timed from the miss to the handoff (the policy's slow path)."""
     pool = make_pool(min_size=1, max_size=1, name="otel-queue", timeout=10)
-    otel.instrument(pool, meter_provider=sdk.provider)
+    otel.instrument(pool, meter_provider=sdk.provider, histograms=True)
     pool.wait()
     held = pool.getconn()
     got: List[Any] = []
@@ -307,9 +307,9 @@ def test_otel_queued_wait_is_observed(make_pool: Any, sdk: OTel) -> None:
 
 def test_otel_histograms_off_and_weak_pools(Pool: type, dsn: str, sdk: OTel) -> None:
     name = f"otel-all-{uuid.uuid4().hex[:8]}"
-    inst = otel.instrument(meter_provider=sdk.provider, histograms=False)
+    inst = otel.instrument(meter_provider=sdk.provider)  # histograms off: the default
     pool = Pool(dsn, min_size=1, name=name)  # made after instrument(): still reported
-    listed = otel.instrument(pool, meter_provider=sdk.provider)  # histograms for this one
+    listed = otel.instrument(pool, meter_provider=sdk.provider, histograms=True)  # for this one
     try:
         pool.wait()
         pool.putconn(pool.getconn())
@@ -333,7 +333,7 @@ def test_otel_histograms_off_and_weak_pools(Pool: type, dsn: str, sdk: OTel) -> 
 
 def test_otel_all_pools_histograms_for_later_pools(Pool: type, dsn: str, sdk: OTel) -> None:
     name = f"otel-later-{uuid.uuid4().hex[:8]}"
-    inst = otel.instrument(meter_provider=sdk.provider)
+    inst = otel.instrument(meter_provider=sdk.provider, histograms=True)
     pool = Pool(dsn, min_size=1, name=name)
     try:
         pool.wait()
@@ -402,7 +402,7 @@ def test_no_password_in_labels_or_attributes(make_pool: Any, dsn: str, sdk: OTel
     url_pool = make_pool(kwargs={"password": SECRET}, min_size=0)
     registry = CollectorRegistry()
     registry.register(Collector())
-    inst = otel.instrument(meter_provider=sdk.provider)
+    inst = otel.instrument(meter_provider=sdk.provider, histograms=True)
     pool.wait()
     pool.putconn(pool.getconn())
     inst.close()  # (the observable instruments are read below; closing stops the histograms)
@@ -479,7 +479,8 @@ def test_django_setting_registers_both(dsn: str, impl: str) -> None:
     out = run_django(dsn, impl, ["prometheus", "opentelemetry"])
     assert out["prom"] == ['fastpool_pool_max{pool="django:default"} 3.0']
     assert "db.client.connection.count" in out["otel"]
-    assert "db.client.connection.use_time" in out["otel"]
+    assert "db.client.connection.use_time" not in out["otel"]  # histograms are opt-in
+    assert out["prom_histograms"] == 0
     assert out["registered"] == 2
 
 
@@ -496,8 +497,8 @@ def test_django_setting_rejects_unknown(dsn: str, impl: str) -> None:
 def test_django_setting_with_options(dsn: str, impl: str) -> None:
     pytest.importorskip("django")
     out = run_django(dsn, impl, {"prometheus": {"histograms": True, "labels": {"service": "web"}},
-                                 "opentelemetry": {"histograms": False}})
+                                 "opentelemetry": {"histograms": True}})
     assert out["prom"] == ['fastpool_pool_max{pool="django:default",service="web"} 3.0']
     assert out["prom_histograms"] == 1
     assert "db.client.connection.count" in out["otel"]
-    assert "db.client.connection.use_time" not in out["otel"]
+    assert "db.client.connection.use_time" in out["otel"]
