@@ -193,6 +193,27 @@ def test_collector_holds_pools_weakly(Pool: type, dsn: str) -> None:
     assert prom_samples(listed, name) == {}
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_histograms_after_fork_with_lock_held() -> None:
+    """A thread held the histogram lock when the process forked: the child must not deadlock."""
+    from fastpool.prometheus import _Histograms
+
+    h = _Histograms(timings.BUCKETS)
+    with h._lock:  # as if another thread were observing at fork time
+        pid = os.fork()
+        if pid == 0:  # child: observe, with a watchdog in case it hangs
+            import signal
+
+            signal.alarm(10)
+            try:
+                h.connection_used("p", 0.001)
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
 def test_collector_arguments() -> None:
     with pytest.raises(ValueError, match="pool"):
         Collector(labels={"pool": "x"})

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import weakref
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
@@ -160,10 +161,12 @@ class _Histograms:
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self._bounds = tuple(bounds)
-        # a real OS lock held for a few statements: never across a greenlet switch
+        # a real OS lock held for a few statements: never across a greenlet switch (a forked
+        # child gets a new one: another thread may have held it at fork time)
         self._lock = _original.allocate_lock()
         # (kind, pool name) -> [count per bucket (last: above every bound)..., sum]
         self._data: Dict[Tuple[str, str], List[float]] = {}
+        _all_histograms.add(self)
 
     def _observe(self, kind: str, pool_name: str, seconds: float) -> None:
         i = bisect.bisect_left(self._bounds, seconds)  # first bound >= seconds: "le" semantics
@@ -206,3 +209,15 @@ class _Histograms:
 
 def _bound(value: float) -> str:
     return repr(float(value))
+
+
+_all_histograms: "weakref.WeakSet[_Histograms]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for h in list(_all_histograms):
+        h._lock = _original.allocate_lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
