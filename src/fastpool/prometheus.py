@@ -40,7 +40,6 @@ try:
         Metric as _PromMetric,
         UnknownMetricFamily,
     )
-    from prometheus_client.registry import Collector as _Base
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "fastpool.prometheus needs prometheus_client: pip install 'fastpool[metrics]'"
@@ -54,7 +53,7 @@ __all__ = ["Collector"]
 logger = logging.getLogger("fastpool")
 
 
-class Collector(_Base):
+class Collector:  # a prometheus_client custom collector: collect() (and describe()) is the protocol
     """Metric families from ``stats()`` of ``pools`` (a Pool or an iterable of Pools; None, the
     default: every pool of the process that is not closed, at each scrape).
 
