@@ -8,17 +8,21 @@
 
 Names, units and attributes follow the OpenTelemetry semantic conventions for database client
 connection pools (https://opentelemetry.io/docs/specs/semconv/database/database-metrics/,
-"Connection pools"; as generated in ``opentelemetry-semantic-conventions`` 0.66b2,
-``opentelemetry.semconv._incubating.metrics.db_metrics``: the ``db.client.connection.*`` names
-that replaced ``db.client.connections.*`` in semantic conventions 1.26). Every instrument
-carries ``db.client.connection.pool.name`` = ``Pool.name``:
+"Connection pools"), release 1.44.0 as generated in ``opentelemetry-semantic-conventions``
+0.66b2 (``opentelemetry.semconv._incubating.metrics.db_metrics``): the ``db.client.connection.*``
+names, which replaced ``db.client.connections.*`` in 2024 (semantic-conventions PRs #966,
+#1125). The conventions are still experimental: a later change renames
+``db.client.connection.max`` to ``db.client.connection.limit`` (semantic-conventions PR #4073),
+not in the Python package yet; fastpool follows the Python package. Every instrument carries
+``db.client.connection.pool.name`` = ``Pool.name``:
 
 ==========================================  =================  ==============================
 ``db.client.connection.count``              UpDownCounter (o)  ``db.client.connection.state``
                                                                ``idle`` (``pool_available``)
                                                                or ``used`` (``pool_used``)
 ``db.client.connection.max``                UpDownCounter (o)  ``max_size``
-``db.client.connection.idle.min``           UpDownCounter (o)  ``min_size``
+``db.client.connection.idle.min``           UpDownCounter (o)  ``min_size`` (kept open, idle
+                                                               or borrowed: the closest knob)
 ``db.client.connection.pending_requests``   UpDownCounter (o)  ``requests_waiting``
 ``db.client.connection.timeouts``           Counter (o)        ``requests_timeouts``
 ``db.client.connection.create_time``        Histogram, s       each connect (incl. configure)
