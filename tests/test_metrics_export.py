@@ -385,17 +385,14 @@ def test_otel_all_pools_histograms_for_later_pools(Pool: type, dsn: str, sdk: OT
 
 
 def test_otel_names_follow_semantic_conventions() -> None:
+    """Every name emitted is the constant of the semantic conventions' Python package."""
     semconv = pytest.importorskip("opentelemetry.semconv._incubating.metrics.db_metrics")
     attrs = pytest.importorskip("opentelemetry.semconv._incubating.attributes.db_attributes")
     assert otel.POOL_NAME == attrs.DB_CLIENT_CONNECTION_POOL_NAME
     assert otel.STATE == attrs.DB_CLIENT_CONNECTION_STATE
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
-    otel.instrument([], meter_provider=provider).close()
     for const in ("COUNT", "MAX", "IDLE_MIN", "PENDING_REQUESTS", "TIMEOUTS", "CREATE_TIME",
                   "WAIT_TIME", "USE_TIME"):
-        assert getattr(semconv, f"DB_CLIENT_CONNECTION_{const}").startswith("db.client.connection.")
-    provider.shutdown()
+        assert getattr(otel, const) == getattr(semconv, f"DB_CLIENT_CONNECTION_{const}"), const
 
 
 def test_otel_arguments() -> None:

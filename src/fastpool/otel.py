@@ -66,6 +66,15 @@ __all__ = ["instrument", "Instrumentation"]
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
+#: the instruments' names (see the module docstring for the conventions followed)
+COUNT = "db.client.connection.count"
+MAX = "db.client.connection.max"
+IDLE_MIN = "db.client.connection.idle.min"
+PENDING_REQUESTS = "db.client.connection.pending_requests"
+TIMEOUTS = "db.client.connection.timeouts"
+CREATE_TIME = "db.client.connection.create_time"
+WAIT_TIME = "db.client.connection.wait_time"
+USE_TIME = "db.client.connection.use_time"
 
 #: advisory histogram buckets (seconds; the SDK's defaults, 0..10000, suit milliseconds); a View
 #: overrides them
@@ -147,27 +156,27 @@ class _Meters:
         self._attrs: Dict[str, Dict[str, str]] = {}
         meter = provider.get_meter("fastpool", __version__)
         meter.create_observable_up_down_counter(
-            "db.client.connection.count", [self._count], unit="{connection}",
+            COUNT, [self._count], unit="{connection}",
             description="The number of connections that are currently in state described by the state attribute")
         meter.create_observable_up_down_counter(
-            "db.client.connection.max", [self._gauge("pool_max")], unit="{connection}",
+            MAX, [self._gauge("pool_max")], unit="{connection}",
             description="The maximum number of open connections allowed")
         meter.create_observable_up_down_counter(
-            "db.client.connection.idle.min", [self._gauge("pool_min")], unit="{connection}",
+            IDLE_MIN, [self._gauge("pool_min")], unit="{connection}",
             description="The minimum number of idle open connections allowed")
         meter.create_observable_up_down_counter(
-            "db.client.connection.pending_requests", [self._gauge("requests_waiting")],
+            PENDING_REQUESTS, [self._gauge("requests_waiting")],
             unit="{request}",
             description="The number of current pending requests for an open connection")
         meter.create_observable_counter(
-            "db.client.connection.timeouts", [self._gauge("requests_timeouts")], unit="{timeout}",
+            TIMEOUTS, [self._gauge("requests_timeouts")], unit="{timeout}",
             description="The number of connection timeouts that have occurred trying to obtain a "
                         "connection from the pool")
-        self._create = _histogram(meter, "db.client.connection.create_time",
+        self._create = _histogram(meter, CREATE_TIME,
                                   "The time it took to create a new connection")
-        self._wait = _histogram(meter, "db.client.connection.wait_time",
+        self._wait = _histogram(meter, WAIT_TIME,
                                 "The time it took to obtain an open connection from the pool")
-        self._use = _histogram(meter, "db.client.connection.use_time",
+        self._use = _histogram(meter, USE_TIME,
                                "The time between borrowing a connection and returning it to the pool")
         self.listener = _Listener(self)
 

@@ -2,8 +2,8 @@
 connection, how long each borrower kept one, how long each connect took.
 
 ``stats()`` keeps sums (``requests_wait_ms``, ``usage_ms``, ``connections_ms``); a histogram
-needs every observation. Nothing is observed until a listener subscribes (``fastpool.otel``
-does): until then the core's fast paths pay one pointer compare each. With a listener, each
+needs every observation. Nothing is observed until a listener subscribes (``fastpool.otel`` and
+``fastpool.prometheus`` do, with ``histograms=True``): until then the core's fast paths pay one pointer compare each. With a listener, each
 observation is one Python call per listener on the borrowing thread, after the slot is settled.
 
 Where each observation comes from:
@@ -17,8 +17,9 @@ Where each observation comes from:
   being returned is not observed (``stats()["connections_reclaimed"]`` counts it).
 * ``connection_created``: every successful connect, including ``configure``.
 
-Listeners are held strongly (they are exporters); pools never are: a pool attaches the current
-listeners when it is made (:func:`attach`), and :func:`subscribe` updates the pools alive now.
+Listeners are held strongly (they are exporters); pools never are: a pool installs the
+process-wide listeners when it is made (:func:`install`), and :func:`subscribe` updates the pools
+alive now.
 """
 
 from __future__ import annotations
@@ -86,14 +87,9 @@ def unsubscribe(listener: TimingListener, pools: Optional[Iterable[Any]] = None)
         install(pool)
 
 
-def attach(pool: Any) -> None:
-    """A new pool: give it the process-wide listeners (Pool.__init__ calls this)."""
-    pool._timing_listeners = ()
-    install(pool)
-
-
 def install(pool: Any) -> None:
-    """(Re)build ``pool``'s hooks from its listeners and the process-wide ones."""
+    """(Re)build ``pool``'s hooks from its listeners and the process-wide ones (Pool.__init__
+    calls this for a new pool)."""
     listeners = tuple(_everywhere) + tuple(
         x for x in pool._timing_listeners if x not in _everywhere
     )
