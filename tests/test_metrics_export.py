@@ -506,6 +506,7 @@ def run_django(dsn: str, impl: str, wanted: Any) -> Dict[str, Any]:
     return json.loads(lines[0][len("RESULT "):])
 
 
+@pytest.mark.slow  # a fresh interpreter importing Django and both SDKs
 def test_django_setting_registers_both(dsn: str, impl: str) -> None:
     pytest.importorskip("django")
     out = run_django(dsn, impl, ["prometheus", "opentelemetry"])
@@ -516,6 +517,7 @@ def test_django_setting_registers_both(dsn: str, impl: str) -> None:
     assert out["registered"] == 2
 
 
+@pytest.mark.slow  # a fresh interpreter importing Django and both SDKs
 def test_django_setting_rejects_unknown(dsn: str, impl: str) -> None:
     pytest.importorskip("django")
     out = run_django(dsn, impl, ["statsd"])
@@ -526,6 +528,7 @@ def test_django_setting_rejects_unknown(dsn: str, impl: str) -> None:
     assert "FASTPOOL_METRICS['prometheus']" in out["error"] and "histogram" in out["error"]
 
 
+@pytest.mark.slow  # a fresh interpreter importing Django and both SDKs
 def test_django_setting_with_options(dsn: str, impl: str) -> None:
     pytest.importorskip("django")
     out = run_django(dsn, impl, {"prometheus": {"histograms": True, "labels": {"service": "web"}},
