@@ -60,7 +60,13 @@ def setup_from_settings() -> List[Any]:
             from fastpool.prometheus import Collector
 
             collector = _make("prometheus", Collector, wanted["prometheus"])
-            REGISTRY.register(collector)
+            try:
+                REGISTRY.register(collector)
+            except ValueError as exc:  # the same names are registered already
+                collector.close()
+                raise ImproperlyConfigured(
+                    f"FASTPOOL_METRICS['prometheus']: {exc} (a fastpool Collector is registered "
+                    f"already: drop it or the setting, or give one a prefix)") from exc
             registered.append(collector)
         if "opentelemetry" in wanted:
             from fastpool import otel

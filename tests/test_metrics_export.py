@@ -471,6 +471,10 @@ settings.configure(
         "OPTIONS": {"pool": {"min_size": 1, "max_size": 3}},
     }},
 )
+if os.environ.get("FP_PRE_REGISTER"):  # the user registered a collector by hand as well
+    from prometheus_client import REGISTRY
+    from fastpool.prometheus import Collector
+    REGISTRY.register(Collector())
 try:
     django.setup()
 except Exception as exc:
@@ -495,8 +499,9 @@ print("RESULT " + json.dumps({
 """
 
 
-def run_django(dsn: str, impl: str, wanted: Any) -> Dict[str, Any]:
-    env = dict(os.environ, FASTPOOL_TEST_DSN=dsn, FASTPOOL_IMPL=impl, FP_METRICS=json.dumps(wanted))
+def run_django(dsn: str, impl: str, wanted: Any, pre_register: bool = False) -> Dict[str, Any]:
+    env = dict(os.environ, FASTPOOL_TEST_DSN=dsn, FASTPOOL_IMPL=impl, FP_METRICS=json.dumps(wanted),
+               FP_PRE_REGISTER="1" if pre_register else "")
     env.pop("DJANGO_SETTINGS_MODULE", None)
     proc = subprocess.run([sys.executable, "-c", DJANGO_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL,
@@ -526,6 +531,8 @@ def test_django_setting_rejects_unknown(dsn: str, impl: str) -> None:
     assert "FASTPOOL_METRICS must be a list" in out["error"]
     out = run_django(dsn, impl, {"prometheus": {"histogram": True}})
     assert "FASTPOOL_METRICS['prometheus']" in out["error"] and "histogram" in out["error"]
+    out = run_django(dsn, impl, ["prometheus"], pre_register=True)
+    assert "ImproperlyConfigured" in out["error"] and "registered already" in out["error"]
 
 
 @pytest.mark.slow  # a fresh interpreter importing Django and both SDKs
