@@ -5,6 +5,11 @@ What changes compared with ``django.db.backends.postgresql``:
 * ``get_new_connection`` takes a connection from the alias's pool instead of connecting, and
   ``_close`` gives it back (``connection.close()``, ``close_old_connections`` at the start and end
   of every request, ``connections.close_all()``).
+* ``OPTIONS["pool"]["hold"]`` decides how long a wrapper holds its connection (see
+  :mod:`django_fastpool.holding`): ``"transaction"`` (default) gives it back as soon as no
+  transaction, atomic block or cursor is open -- so executor threads of ``sync_to_async`` and
+  the application's own threads hold nothing between queries; ``"request"`` holds it until
+  Django closes it.
 * The connection goes back at the end of every request whatever ``CONN_MAX_AGE`` says: the
   pool's ``max_lifetime`` governs how long a server connection lives (one warning if
   ``CONN_MAX_AGE`` is set).
@@ -86,6 +91,8 @@ from django.utils.functional import cached_property  # noqa: E402
 import fastpool  # noqa: E402
 from fastpool import reset as _fastpool_reset  # noqa: E402
 
+from . import holding  # noqa: E402
+
 logger = logging.getLogger("django_fastpool")
 
 NO_DB_ALIAS = "__no_db__"  # Django's alias for its maintenance ("postgres" db) connection
@@ -154,6 +161,12 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         # OPTIONS["pool"] = False all see it); get_connection_params() keeps it away from
         # Django's psycopg2 code (which rejects it) and from psycopg2.connect().
         self._pool_options()  # validate now: a bad setting fails at startup, not per request
+        self._fastpool_release_between = (
+            alias != NO_DB_ALIAS
+            and holding.hold_mode(self.settings_dict["OPTIONS"].get("pool"), alias) == holding.TRANSACTION
+        )
+        self._fastpool_cursors = 0  # open cursors (holding.CountedCursor*) of self.connection
+        self._fastpool_connecting = False
         self._fastpool_finalizer: Optional[weakref.finalize] = None
         self._fastpool_owner: Any = None
         self._fastpool_pid = 0
@@ -178,7 +191,8 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             raise ImproperlyConfigured(
                 f"database {self.alias!r}: OPTIONS['pool'] must be True, False or a dict of pool options"
             )
-        return value
+        # "hold" is the wrapper's (holding.py), not the Pool's.
+        return {k: v for k, v in value.items() if k != "hold"}
 
     def get_connection_params(self) -> Dict[str, Any]:
         full = self.settings_dict
@@ -262,6 +276,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
                 ) from None
         pool = self._pool_for(conn_params)
         conn = pool.getconn()
+        self._fastpool_cursors = 0
         self._fastpool_owner = pool
         self._fastpool_pid = os.getpid()
         # If this wrapper is dropped without close() (its thread or greenlet ended), the
@@ -293,6 +308,51 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             return
         with self.wrap_database_errors:
             pool.putconn(conn)
+
+    # -- hold="transaction": give the connection back between transactions (holding.py) -------
+    def connect(self) -> None:
+        # Django's connect() runs set_autocommit() and may open cursors (version check) right
+        # after taking the connection: not release points.
+        self._fastpool_connecting = True
+        try:
+            super().connect()
+        finally:
+            self._fastpool_connecting = False
+
+    def make_cursor(self, cursor: Any) -> Any:
+        if not self._fastpool_release_between or self._fastpool_owner is None:
+            return super().make_cursor(cursor)
+        wrapped = holding.CountedCursorWrapper(cursor, self)
+        wrapped._fastpool_track()
+        return wrapped
+
+    def make_debug_cursor(self, cursor: Any) -> Any:
+        if not self._fastpool_release_between or self._fastpool_owner is None:
+            return super().make_debug_cursor(cursor)
+        wrapped = holding.CountedCursorDebugWrapper(cursor, self)
+        wrapped._fastpool_track()
+        return wrapped
+
+    def get_autocommit(self) -> bool:
+        # atomic() asks before it begins: answer without taking a connection only to learn
+        # what connect() would set (a released wrapper is never inside an atomic block).
+        if self.connection is None and self._fastpool_release_between and not self.in_atomic_block:
+            return bool(self.settings_dict["AUTOCOMMIT"])
+        return super().get_autocommit()
+
+    def set_autocommit(self, autocommit: bool,
+                       force_begin_transaction_with_broken_autocommit: bool = False) -> None:
+        super().set_autocommit(autocommit, force_begin_transaction_with_broken_autocommit)
+        if autocommit:
+            # The end of an outermost atomic block (its on_commit callbacks have run).
+            self._fastpool_release_if_idle()
+
+    def _fastpool_release_if_idle(self) -> None:
+        """A release point of hold="transaction": give the connection back if nothing of it is
+        in use (holding.between_transactions)."""
+        if (self._fastpool_release_between and not self._fastpool_connecting
+                and self._fastpool_owner is not None and holding.between_transactions(self)):
+            self._close()
 
     def ensure_connection(self) -> None:
         # Django >= 5.0 refuses this itself; 4.2 would quietly take a *new* pooled connection

@@ -107,7 +107,7 @@ def returned(stats: Dict[str, int]) -> bool:
 
 @pytest.mark.parametrize("max_age", [0, 60, None], ids=["age0", "age60", "ageNone"])
 def test_basic_requests_return_connections(run: Callable[..., Dict[str, Any]], impl: str, max_age: Any) -> None:
-    r = run("basic", db={"CONN_MAX_AGE": max_age})
+    r = run("basic", db={"CONN_MAX_AGE": max_age}, pool={"hold": "request"})
     assert r["is_fastpool_pool"], r["pool_class"]
     assert r["core"] == impl and r["fastpool_impl"] == impl
     assert r["pool_name"] == "django:default" and r["same_pool_again"]
@@ -163,12 +163,14 @@ def test_gevent_200_requests_share_5_connections(run: Callable[..., Dict[str, An
 # 3. a transaction left open by one request is never seen by the next
 
 
+@pytest.mark.parametrize("hold", ["transaction", "request"])
 @pytest.mark.parametrize("variant", ["autocommit_off", "raw_begin", "atomic_open_same_thread",
                                      "atomic_open_other_thread"])
-def test_open_transaction_never_leaks_to_next_request(run: Callable[..., Dict[str, Any]], variant: str) -> None:
+def test_open_transaction_never_leaks_to_next_request(run: Callable[..., Dict[str, Any]], variant: str,
+                                                      hold: str) -> None:
     """Request 1 leaves a transaction open (with a row inserted) and ends; request 2 (max_size=1)
     must start on a clean connection and never see the row."""
-    r = run("txn", variant, pool={"max_size": 1, "timeout": 1})
+    r = run("txn", variant, pool={"max_size": 1, "timeout": 1, "hold": hold})
     assert r["pool_max"] == 1
     assert r["req1"]["ok"], r["req1"]
     req2 = r["req2"]
@@ -201,7 +203,9 @@ def test_open_transaction_never_leaks_to_next_request(run: Callable[..., Dict[st
 
 @pytest.mark.parametrize("scenario", ["orphan_thread", "gevent_orphan"])
 def test_orphaned_connections_come_back(run: Callable[..., Dict[str, Any]], scenario: str) -> None:
-    r = run(scenario, pool={"max_size": 5})
+    # hold="request": the workers keep their connections after their queries (the case the
+    # finalizer is for; with hold="transaction" they would already have given them back).
+    r = run(scenario, pool={"max_size": 5, "hold": "request"})
     assert all("error" not in b and b["borrowed"] for b in r["boxes"]), r["boxes"]
     before, after_end, after_gc = r["before"], r["after_end"], r["after_gc"]
     n = len(r["boxes"])
@@ -234,7 +238,7 @@ def test_atomic_savepoints(run: Callable[..., Dict[str, Any]]) -> None:
 
 
 def test_close_and_close_all(run: Callable[..., Dict[str, Any]]) -> None:
-    r = run("close", pool={"max_size": 2})
+    r = run("close", pool={"max_size": 2, "hold": "request"})
     assert r["stats_held"]["pool_available"] == r["stats_held"]["pool_size"] - 1
     assert r["none_after_close"] and returned(r["stats_after_close"])
     assert r["none_after_close_all"] and returned(r["stats_after_close_all"])
@@ -246,7 +250,7 @@ def test_close_and_close_all(run: Callable[..., Dict[str, Any]]) -> None:
 
 
 def test_two_aliases_two_pools(run: Callable[..., Dict[str, Any]]) -> None:
-    r = run("aliases", pool={"max_size": 2}, other={"max_size": 3})
+    r = run("aliases", pool={"max_size": 2, "hold": "request"}, other={"max_size": 3, "hold": "request"})
     assert r["distinct"] and r["stable"]
     assert r["names"] == ["django:default", "django:other"]
     assert r["max"] == [2, 3]
@@ -403,3 +407,67 @@ def test_orphan_finalizer_must_not_take_workers_lock(run: Callable[..., Dict[str
         "gc ran the DatabaseWrapper finalizer while this thread held the workers' lock: "
         "_return_later -> Workers.submit re-acquired the non-reentrant lock and the thread hung", r)
     assert r["outcome"].get("returned") and r["stats"] is not None
+
+
+# --------------------------------------------------------------------------------------------
+# hold="transaction" (default): a connection goes back as soon as no transaction, atomic block
+# or cursor is open -- threads that are done with the database hold nothing (issue 10)
+
+
+def test_app_threads_give_connections_back_between_tasks(run: Callable[..., Dict[str, Any]]) -> None:
+    """A ThreadPoolExecutor with more threads (4) than connections (2) and a long-lived
+    background thread run ORM code (queries, an atomic block that commits, one that raises)
+    outside any request: every task gets a connection and none is held between tasks."""
+    r = run("app_threads", pool={"max_size": 2, "timeout": 10})
+    tasks = r["executor"] + r["background"]
+    assert len(tasks) == 50 and not [t for t in tasks if "error" in t], [t for t in tasks if "error" in t][:3]
+    assert all(t["count"] == 1 and t["released"] for t in tasks), tasks
+    assert r["executor_in_use"] == [0] * 5, r["executor_in_use"]
+    assert r["background_in_use"] == [0] * 10, r["background_in_use"]
+    assert r["failed_rows"] == 0 and r["atomic_rows"] == 50, r
+    assert returned(r["stats"]) and r["stats"]["pool_size"] <= 2, r["stats"]
+
+
+def test_app_threads_hold_request_keeps_connections(run: Callable[..., Dict[str, Any]]) -> None:
+    """hold="request" is the old rule: a thread outside a request keeps its connection, so 4
+    executor threads on 2 connections run out (why "transaction" is the default)."""
+    r = run("app_threads", pool={"max_size": 2, "timeout": 1, "hold": "request"})
+    errors = [t["error"] for t in r["executor"] + r["background"] if "error" in t]
+    assert errors and all("couldn't get a connection" in e for e in errors), errors[:3]
+    assert max(r["executor_in_use"]) == 2
+
+
+HELD = {"held": True, "in_use": 1}
+FREE = {"held": False, "in_use": 0}
+
+
+@pytest.mark.parametrize("hold", ["transaction", "request"])
+def test_hold_rules(run: Callable[..., Dict[str, Any]], hold: str) -> None:
+    """When the wrapper holds its connection, step by step, in one thread (max_size=1)."""
+    r = run("hold_rules", pool={"max_size": 1, "hold": hold})
+    between = FREE if hold == "transaction" else HELD
+    # always held: inside atomic (also after on_commit registration), while a server-side
+    # cursor (iterator) or any cursor is open, after a raw BEGIN, with autocommit off,
+    # and right after ensure_connection() (its caller is about to use connection.connection)
+    for key in ("in_atomic", "in_atomic_after_on_commit", "during_iterator", "open_cursor",
+                "raw_begin_after_close", "manual_after_commit", "after_ensure_connection"):
+        assert r[key] == HELD, (hold, key, r[key])
+    # given back between transactions (hold="transaction") or held until Django closes it
+    for key in ("after_query", "after_capture", "after_atomic", "after_failed_atomic", "after_iterator",
+                "after_ensure_then_query", "after_get_autocommit", "manual_after_autocommit_on",
+                "raw_commit_after_close", "after_cursor_close", "after_debug_query"):
+        assert r[key] == between, (hold, key, r[key])
+    # a give-back / re-take adds no query: assertNumQueries / CaptureQueriesContext see the same
+    assert r["captured"] == ["INSERT", "SELECT", "BEGIN", "INSERT", "COMMIT"], r["captured"]
+    assert r["debug_logged"] == 1
+    assert r["on_commit"] == [{"rows": 1}], r["on_commit"]  # ran after the commit, could query
+    assert r["failed_rows"] == 0 and r["iterated"] == 6 and r["get_autocommit"] is True
+    # one physical connection throughout (re-taken from the pool, not reconnected)
+    assert r["pid"] == r["ensure_pid"] == r["last_pid"] and r["stats"]["connections_num"] == 1, r
+    assert not r["warnings_fastpool"], r["warnings_fastpool"]
+
+
+def test_hold_option_is_validated(run: Callable[..., Dict[str, Any]]) -> None:
+    r = run("bad_hold", pool={"hold": "session"})
+    assert "ImproperlyConfigured" in r["error"] and "OPTIONS['pool']['hold']" in r["error"], r
+    assert "'transaction' or 'request'" in r["error"] and "'session'" in r["error"], r

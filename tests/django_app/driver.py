@@ -410,6 +410,7 @@ def s_txn() -> None:
             transaction.set_autocommit(False)
             Item.objects.create(name=tag)
         elif variant == "raw_begin":
+            connection.ensure_connection()  # between queries the wrapper may hold none (hold="transaction")
             raw = connection.connection
             with raw.cursor() as cur:
                 cur.execute(f"BEGIN; INSERT INTO {TABLE} (name, n) VALUES (%s, 0)", [tag])
@@ -980,6 +981,183 @@ def s_finalizer_reentrancy() -> None:
     emit(**res)
     sys.stdout.flush()
     os._exit(0)  # a deadlocked daemon thread holds the workers' lock: skip interpreter teardown
+
+
+# --------------------------------------------------------------------------------------------
+# hold="transaction": threads that are done with the database hold no connection
+
+
+def in_use(pool: Any) -> int:
+    s = pool.stats()
+    return s["pool_size"] - s["pool_available"]
+
+
+def s_app_threads() -> None:
+    """An application ThreadPoolExecutor (4 threads, more than max_size) and a long-lived
+    background thread run ORM code outside any request; between their tasks, how many
+    connections do they hold?"""
+    setup()
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection, transaction
+
+    Item = item_model()
+    pool = connection.pool
+
+    def task(i: int) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        try:
+            Item.objects.create(name=f"ex-{i}", n=i)
+            out["count"] = Item.objects.filter(name=f"ex-{i}").count()
+            with transaction.atomic():
+                Item.objects.create(name=f"ex-atomic-{i}", n=i)
+            try:
+                with transaction.atomic():
+                    Item.objects.create(name=f"ex-failed-{i}", n=i)
+                    raise ValueError("rolled back")
+            except ValueError:
+                pass
+            out["released"] = connection.connection is None
+        except Exception as exc:
+            out["error"] = err(exc)
+        return out
+
+    res: Dict[str, Any] = {"executor": [], "executor_in_use": [], "errors": []}
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        for start in range(0, 40, 8):
+            results = list(ex.map(task, range(start, start + 8)))
+            res["executor"] += results
+            # the batch is done, its 4 threads are alive and idle: nothing may be held
+            res["executor_in_use"].append(in_use(pool))
+
+    tasks: "queue.Queue[Any]" = queue.Queue()
+    done: "queue.Queue[Dict[str, Any]]" = queue.Queue()
+
+    def background() -> None:
+        while True:
+            i = tasks.get()
+            if i is None:
+                return
+            done.put(task(100 + i))
+
+    bg = threading.Thread(target=background, daemon=True)
+    bg.start()
+    res["background"], res["background_in_use"] = [], []
+    for i in range(10):
+        tasks.put(i)
+        res["background"].append(done.get(timeout=60))
+        res["background_in_use"].append(in_use(pool))  # bg waits for its next task
+    tasks.put(None)
+    bg.join(30)
+    admin = admin_connection()  # not through the pool: it may be exhausted (hold="request")
+    with admin.cursor() as cur:
+        cur.execute(f"SELECT count(*) FILTER (WHERE name LIKE 'ex-failed-%%'), "
+                    f"count(*) FILTER (WHERE name LIKE 'ex-atomic-%%') FROM {TABLE}")
+        res["failed_rows"], res["atomic_rows"] = cur.fetchone()
+    admin.close()
+    res["stats"] = pool.stats()
+    emit(**res)
+
+
+def s_hold_rules() -> None:
+    """The rule of hold="transaction", observed step by step in one thread (max_size=1)."""
+    setup()
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    Item = item_model()
+    pool = connection.pool
+    out: Dict[str, Any] = {}
+
+    def state() -> Dict[str, Any]:
+        return {"held": connection.connection is not None, "in_use": in_use(pool)}
+
+    out["pid"] = pid()
+    out["after_query"] = state()
+    with CaptureQueriesContext(connection) as ctx:
+        Item.objects.create(name="q1")
+        Item.objects.filter(name="q1").count()
+        with transaction.atomic():
+            Item.objects.create(name="q2")
+    out["captured"] = [q["sql"].split()[0] for q in ctx.captured_queries]
+    out["after_capture"] = state()
+
+    fired: List[Dict[str, Any]] = []
+    with transaction.atomic():
+        Item.objects.create(name="a1")
+        out["in_atomic"] = state()
+        transaction.on_commit(lambda: fired.append({"rows": Item.objects.filter(name="a1").count()}))
+        out["in_atomic_after_on_commit"] = state()
+    out["on_commit"] = fired
+    out["after_atomic"] = state()
+
+    try:
+        with transaction.atomic():
+            Item.objects.create(name="failed")
+            raise ValueError("boom")
+    except ValueError:
+        pass
+    out["after_failed_atomic"] = state()
+    out["failed_rows"] = Item.objects.filter(name="failed").count()
+
+    Item.objects.bulk_create([Item(name=f"it-{i}", n=i) for i in range(6)])
+    it = Item.objects.filter(name__startswith="it-").order_by("n").iterator(chunk_size=2)
+    next(it)
+    out["during_iterator"] = state()
+    out["iterated"] = 1 + sum(1 for _ in it)
+    out["after_iterator"] = state()
+
+    connection.ensure_connection()
+    out["after_ensure_connection"] = state()
+    out["ensure_pid"] = connection.connection.get_backend_pid()
+    Item.objects.count()
+    out["after_ensure_then_query"] = state()
+
+    out["get_autocommit"] = connection.get_autocommit()
+    out["after_get_autocommit"] = state()
+
+    transaction.set_autocommit(False)
+    Item.objects.create(name="manual")
+    transaction.commit()
+    out["manual_after_commit"] = state()
+    transaction.set_autocommit(True)
+    out["manual_after_autocommit_on"] = state()
+
+    with connection.cursor() as cur:
+        cur.execute("BEGIN")
+    out["raw_begin_after_close"] = state()
+    with connection.cursor() as cur:
+        cur.execute("COMMIT")
+    out["raw_commit_after_close"] = state()
+
+    cur = connection.cursor()
+    cur.execute("SELECT 1")
+    out["open_cursor"] = state()
+    cur.close()
+    out["after_cursor_close"] = state()
+
+    connection.force_debug_cursor = True
+    before = len(connection.queries_log)
+    Item.objects.count()
+    out["debug_logged"] = len(connection.queries_log) - before
+    out["after_debug_query"] = state()
+    connection.force_debug_cursor = False
+
+    out["last_pid"] = pid()
+    out["stats"] = pool.stats()
+    emit(**out)
+
+
+def s_bad_hold() -> None:
+    try:
+        setup()
+        from django.db import connection
+
+        connection.ensure_connection()
+        emit(error=None)
+    except Exception as exc:
+        emit(error=err(exc))
 
 
 SCENARIOS = {name[2:]: fn for name, fn in globals().items() if name.startswith("s_") and callable(fn)}
