@@ -471,3 +471,114 @@ def test_hold_option_is_validated(run: Callable[..., Dict[str, Any]]) -> None:
     r = run("bad_hold", pool={"hold": "session"})
     assert "ImproperlyConfigured" in r["error"] and "OPTIONS['pool']['hold']" in r["error"], r
     assert "'transaction' or 'request'" in r["error"] and "'session'" in r["error"], r
+
+
+# --------------------------------------------------------------------------------------------
+# real servers: uvicorn, gunicorn + UvicornWorker, gunicorn gthread (issue 10)
+
+LONG = os.environ.get("FASTPOOL_TEST_LONG") == "1"
+SERVE_SECONDS = 60.0 if LONG else 8.0   # load; the default still catches the old stall
+IDLE_SECONDS = 30.0 if LONG else 3.0    # then idle: the pool must still answer
+CLIENTS = 200
+VIEWS = ("async_orm", "s2a_false", "s2a_true", "sync", "atomic_raise", "a2s")  # site_app.py
+WORKERS = 2
+MAX_SIZE = 5
+SERVERS = {
+    "uvicorn": ["-m", "uvicorn", "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", "{port}",
+                "--no-access-log", "--log-level", "warning", "site_app:application"],
+    "gunicorn_uvicorn": ["-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", str(WORKERS),
+                         "-b", "127.0.0.1:{port}", "--log-level", "warning", "site_app:application"],
+    "gthread": ["-m", "gunicorn", "-k", "gthread", "-w", str(WORKERS), "--threads", "50",
+                "-b", "127.0.0.1:{port}", "--log-level", "warning", "site_app:wsgi_application"],
+}
+
+
+def _serve(server: str, env: Dict[str, str]) -> "tuple[subprocess.Popen, int]":
+    from conftest import free_tcp_port
+
+    port = free_tcp_port()
+    cmd = [sys.executable] + [a.format(port=port) for a in SERVERS[server]]
+    proc = subprocess.Popen(cmd, cwd=DRIVER_DIR, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    return proc, port
+
+
+def _get_ok(port: int, path: str) -> bool:
+    import http.client
+
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/" + path)
+        ok = c.getresponse().status == 200
+        c.close()
+        return ok
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_server_under_load_no_stall_bounded_clean_shutdown(
+        server: str, dsn: str, impl: str, app_name: str, table: str, admin: Any,
+        backends: Any) -> None:
+    """200 clients over every way a Django view reaches the database (async ORM,
+    sync_to_async both ways, sync views, async_to_sync, atomic blocks that commit and raise):
+    no stall, no error, never more than workers x max_size server sessions, no row of a failed
+    atomic block, the pool answers after an idle spell, and the server exits cleanly.
+    FASTPOOL_TEST_LONG=1: 60 s of load and 30 s idle."""
+    import signal
+    import time
+
+    sys.path.insert(0, str(DRIVER_DIR))
+    try:
+        from http_load import Sampler, load
+    finally:
+        sys.path.remove(str(DRIVER_DIR))
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("gunicorn")
+    if server == "gunicorn_uvicorn":
+        pytest.importorskip("uvicorn_worker")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FP_DJ_", "DJANGO_"))}
+    env.update(FASTPOOL_TEST_DSN=dsn, FASTPOOL_IMPL=impl, FASTPOOL_TEST_APP=app_name, FP_DJ_TABLE=table,
+               FP_DJ_POOL=json.dumps({"max_size": MAX_SIZE}), PYTHONDONTWRITEBYTECODE="1")
+    sampler = Sampler(dsn, app_name, interval=0.05)
+    sampler.start()
+    proc, port = _serve(server, env)
+    try:
+        deadline = time.monotonic() + 60
+        while not _get_ok(port, "stats"):
+            assert proc.poll() is None, f"{server} exited {proc.returncode}:\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, f"{server} did not answer within 60 s"
+            time.sleep(0.2)
+        result = load("127.0.0.1", port, VIEWS, clients=CLIENTS, seconds=SERVE_SECONDS, timeout=10.0)
+        time.sleep(IDLE_SECONDS)
+        after_idle = {view: _get_ok(port, view) for view in VIEWS}
+        peak = sampler.peak
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        sampler.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    out = proc.stdout.read() if proc.stdout else ""
+    summary = (server, impl, result.ok, result.stalls, result.errors, result.by_path, result.error_samples,
+               f"peak={peak}", out[-3000:])
+    assert result.stalls == 0 and result.errors == 0, summary
+    assert set(result.by_path) == set(VIEWS) and result.ok >= 2 * CLIENTS, summary
+    assert sampler.samples > 10 and 0 < peak <= WORKERS * MAX_SIZE, summary
+    assert after_idle == {view: True for view in VIEWS}, (after_idle, summary)
+    assert proc.returncode is not None and proc.returncode <= 0 and proc.returncode != -signal.SIGKILL, (
+        f"{server} did not shut down within 30 s of SIGTERM", summary)
+    assert "Traceback" not in out, summary
+    with admin.cursor() as cur:
+        cur.execute(f"SELECT count(*) FILTER (WHERE name = 'failed'), count(*) FILTER (WHERE name = 'sync') "
+                    f"FROM {table}")
+        failed, committed = cur.fetchone()
+    # every "sync" response committed its row (+1: the after-idle round)
+    assert failed == 0 and committed == result.by_path["sync"] + 1, (failed, committed, summary)
+    assert backends.wait(0, timeout=10) == 0  # every worker closed its pool on exit
