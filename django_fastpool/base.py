@@ -209,6 +209,10 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
     @property
     def pool(self) -> Any:
         """This alias's fastpool Pool in this process (None for Django's maintenance alias)."""
+        if self._fastpool_owner is not None:
+            # The pool the held connection came from. Cheap: Django >= 5.1 asks at every
+            # connect(), which hold="transaction" runs once per transaction.
+            return self._fastpool_owner
         if self.alias == NO_DB_ALIAS or self._pool_options() is None:
             return None
         return self._pool_for(self.get_connection_params())
@@ -218,10 +222,11 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         role = self.settings_dict["OPTIONS"].get("assume_role")
         timezone_name = self.timezone_name
         options = self._pool_options() or {}
+        autocommit = bool(self.settings_dict["AUTOCOMMIT"])
         # Anything that shapes a physical connection; when it changes (test database name,
         # TIME_ZONE in tests) the old pool is closed and a new one made. Never logged.
         fingerprint = (sorted((k, repr(v)) for k, v in conn_params.items()), isolation, role, timezone_name,
-                       sorted((k, repr(v)) for k, v in options.items()))
+                       autocommit, sorted((k, repr(v)) for k, v in options.items()))
         entry = self._fastpools.get(self.alias)
         if entry is not None and entry[0] == fingerprint:
             return entry[1]
@@ -229,7 +234,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             entry = self._fastpools.get(self.alias)
             if entry is not None and entry[0] == fingerprint:
                 return entry[1]
-            configure = _make_configure(isolation, role, timezone_name, self.ops)
+            configure = _make_configure(isolation, role, timezone_name, self.ops, autocommit)
             # Prove the settings once, synchronously, before any request waits on the pool: a
             # wrong password, database or assume_role then fails now, as with Django's own
             # backend, instead of as a PoolTimeout after the pool's timeout.
@@ -347,6 +352,12 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             # The end of an outermost atomic block (its on_commit callbacks have run).
             self._fastpool_release_if_idle()
 
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # Setting psycopg2's autocommit to the value it has changes nothing but marks the
+        # connection changed for the pool (a reset on every return): skip it.
+        if self.connection.autocommit != autocommit:
+            super()._set_autocommit(autocommit)
+
     def _fastpool_release_if_idle(self) -> None:
         """A release point of hold="transaction": give the connection back if nothing of it is
         in use (holding.between_transactions)."""
@@ -401,8 +412,13 @@ def _make_reset(mode: Any, configure: Any) -> Any:
     return mode  # invalid: fastpool.Pool names the problem
 
 
-def _make_configure(isolation: Any, role: Optional[str], timezone_name: Optional[str], ops: Any) -> Any:
-    """The pool's configure hook: what Django does once per physical connection."""
+def _make_configure(isolation: Any, role: Optional[str], timezone_name: Optional[str], ops: Any,
+                    autocommit: bool = True) -> Any:
+    """The pool's configure hook: what Django does once per physical connection.
+
+    Pooled connections start in Django's AUTOCOMMIT mode: the pool takes a fresh connection's
+    state as its clean state, so a connection Django gives back in that mode (every release of
+    hold="transaction") takes the pool's no-reset fast path."""
 
     def configure(conn: Any) -> None:
         if isolation is not None:
@@ -416,5 +432,6 @@ def _make_configure(isolation: Any, role: Optional[str], timezone_name: Optional
                 cur.execute("SET ROLE %s", [role])
         if not conn.autocommit:
             conn.commit()
+        conn.autocommit = autocommit
 
     return configure
