@@ -68,6 +68,8 @@ elif BACKEND == "native":
 elif BACKEND == "fastpool":
     _db.update(ENGINE="django_fastpool", CONN_MAX_AGE=0)
     _db["OPTIONS"]["pool"] = {"max_size": POOL_MAX}
+    if os.environ.get("BENCH_POOL_HOLD"):  # "transaction" (default) or "request"
+        _db["OPTIONS"]["pool"]["hold"] = os.environ["BENCH_POOL_HOLD"]
 else:
     raise SystemExit(f"BENCH_BACKEND={BACKEND!r}: stock, geventpool, native or fastpool")
 

@@ -18,6 +18,7 @@ Contenders (gevent)::
     geventpool         django-db-geventpool (psycopg2 backend, MAX_CONNS=10) + psycogreen
     django-pool        Django's native pool on psycopg 3, OPTIONS pool min_size=2 max_size=10
     django_fastpool    ENGINE django_fastpool, OPTIONS pool max_size=10 (no psycogreen)
+    django_fastpool-request   same with OPTIONS pool hold="request" (the rule before issue 10)
 
 Eventlet variant (``--hubs gevent,eventlet``, the default): stock-60+green, the bounded peers
 and django_fastpool.  Django's native pool under eventlet runs with
@@ -93,6 +94,10 @@ def contenders(max_size: int) -> List[Contender]:
                   label=f"Django native pool (psycopg 3), max_size={max_size}"),
         Contender("django_fastpool", "fastpool", 0, False, True,
                   label=f"django_fastpool max_size={max_size}"),
+        # The old holding rule, to show what hold="transaction" (the default) costs or gains;
+        # django_fastpool itself, so not a peer in the target comparison.
+        Contender("django_fastpool-request", "fastpool", 0, False, True, {"BENCH_POOL_HOLD": "request"},
+                  label=f"django_fastpool max_size={max_size} hold=request"),
     ]
 
 
@@ -462,7 +467,7 @@ def combine(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def best_peer(results: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    peers = [r for r in results if r["bounded"] and r["name"] != "django_fastpool"]
+    peers = [r for r in results if r["bounded"] and not r["name"].startswith("django_fastpool")]
     return max(peers, key=lambda r: r["ok_rps"], default=None)
 
 
