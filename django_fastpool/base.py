@@ -166,6 +166,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             and holding.hold_mode(self.settings_dict["OPTIONS"].get("pool"), alias) == holding.TRANSACTION
         )
         self._fastpool_cursors = 0  # open cursors (holding.CountedCursor*) of self.connection
+        self._fastpool_lookup: Optional[Tuple[Any, Any]] = None  # (inputs, pool) of _pool_for
         self._fastpool_connecting = False
         self._fastpool_finalizer: Optional[weakref.finalize] = None
         self._fastpool_owner: Any = None
@@ -223,12 +224,22 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         timezone_name = self.timezone_name
         options = self._pool_options() or {}
         autocommit = bool(self.settings_dict["AUTOCOMMIT"])
+        # hold="transaction" comes here once per transaction: first compare the inputs with
+        # this wrapper's last lookup (dict equality, no sorting or repr), and trust it while
+        # that pool is still the alias's.
+        key = (conn_params, isolation, role, timezone_name, autocommit, options)
+        last = self._fastpool_lookup
+        if last is not None and last[0] == key:
+            entry = self._fastpools.get(self.alias)
+            if entry is not None and entry[1] is last[1]:
+                return last[1]
         # Anything that shapes a physical connection; when it changes (test database name,
         # TIME_ZONE in tests) the old pool is closed and a new one made. Never logged.
         fingerprint = (sorted((k, repr(v)) for k, v in conn_params.items()), isolation, role, timezone_name,
                        autocommit, sorted((k, repr(v)) for k, v in options.items()))
         entry = self._fastpools.get(self.alias)
         if entry is not None and entry[0] == fingerprint:
+            self._fastpool_lookup = (key, entry[1])
             return entry[1]
         with self._fastpools_lock:
             entry = self._fastpools.get(self.alias)
@@ -251,6 +262,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
                 kwargs=conn_params, configure=configure, name=f"django:{self.alias}", **options
             )
             self._fastpools[self.alias] = (fingerprint, pool)
+        self._fastpool_lookup = (key, pool)
         if entry is not None:
             entry[1].close()
         return pool
