@@ -86,6 +86,7 @@ from django.db.backends.postgresql import base as pg_base  # noqa: E402
 from django.db.backends.postgresql.creation import DatabaseCreation as PgDatabaseCreation  # noqa: E402
 from django.db.backends.postgresql.features import DatabaseFeatures as PgDatabaseFeatures  # noqa: E402
 from django.db.backends.postgresql.psycopg_any import IsolationLevel  # noqa: E402
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper  # noqa: E402
 from django.utils.functional import cached_property  # noqa: E402
 
 import fastpool  # noqa: E402
@@ -131,11 +132,25 @@ class DatabaseFeatures(PgDatabaseFeatures):
             "backends.base.test_base.ConnectionHealthChecksTests."
             "test_set_autocommit_health_checks_enabled",
         }
+        if getattr(self.connection, "_fastpool_release_between", False):
+            skips["django_fastpool hold='transaction' gives the connection back when the last "
+                  "cursor closes: connection.connection is None between transactions"] = {
+                "backends.tests.ThreadTests.test_default_connection_thread_local",
+            }
         if django.VERSION >= (5, 1):  # the test came with Django's native pool
             skips["django_fastpool pools psycopg2 connections: OPTIONS['pool'] is not refused"] = {
                 "backends.postgresql.tests.Tests.test_connect_pool_setting_ignored_for_psycopg2",
             }
         return skips
+
+
+class _CountedCursorWrapper(holding.Counted, CursorWrapper):
+    pass
+
+
+# Django's PostgreSQL backend has its own debug wrapper (it logs copy_expert / copy_to).
+class _CountedCursorDebugWrapper(holding.Counted, getattr(pg_base, "CursorDebugWrapper", CursorDebugWrapper)):
+    pass
 
 
 def _return_orphan(pool_ref: "weakref.ref[Any]", conn: Any) -> None:
@@ -165,7 +180,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             alias != NO_DB_ALIAS
             and holding.hold_mode(self.settings_dict["OPTIONS"].get("pool"), alias) == holding.TRANSACTION
         )
-        self._fastpool_cursors = 0  # open cursors (holding.CountedCursor*) of self.connection
+        self._fastpool_cursors = 0  # open cursors (holding.Counted) of self.connection
         self._fastpool_lookup: Optional[Tuple[Any, Any]] = None  # (inputs, pool) of _pool_for
         self._fastpool_connecting = False
         self._fastpool_finalizer: Optional[weakref.finalize] = None
@@ -339,14 +354,14 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
     def make_cursor(self, cursor: Any) -> Any:
         if not self._fastpool_release_between or self._fastpool_owner is None:
             return super().make_cursor(cursor)
-        wrapped = holding.CountedCursorWrapper(cursor, self)
+        wrapped = _CountedCursorWrapper(cursor, self)
         wrapped._fastpool_track()
         return wrapped
 
     def make_debug_cursor(self, cursor: Any) -> Any:
         if not self._fastpool_release_between or self._fastpool_owner is None:
             return super().make_debug_cursor(cursor)
-        wrapped = holding.CountedCursorDebugWrapper(cursor, self)
+        wrapped = _CountedCursorDebugWrapper(cursor, self)
         wrapped._fastpool_track()
         return wrapped
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
 TRANSACTION = "transaction"
 REQUEST = "request"
@@ -69,11 +68,13 @@ def between_transactions(wrapper: Any) -> bool:
     )
 
 
-class _Counted:
+class Counted:
     """A Django cursor wrapper that tells its ``DatabaseWrapper`` when it is closed.
 
     It remembers the physical connection it was made on: a cursor that outlived its
     connection (the wrapper was closed meanwhile) must not count against the next one.
+    Mixed into the backend's cursor wrapper classes in base.py, ahead of them in the MRO (the
+    PostgreSQL backend's debug wrapper has its own ``copy_expert``/``copy_to`` logging).
     """
 
     cursor: Any
@@ -105,10 +106,3 @@ class _Counted:
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
 
-
-class CountedCursorWrapper(_Counted, CursorWrapper):
-    pass
-
-
-class CountedCursorDebugWrapper(_Counted, CursorDebugWrapper):
-    pass
