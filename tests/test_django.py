@@ -551,7 +551,9 @@ def test_server_under_load_no_stall_bounded_clean_shutdown(
             assert proc.poll() is None, f"{server} exited {proc.returncode}:\n{proc.stdout.read()}"
             assert time.monotonic() < deadline, f"{server} did not answer within 60 s"
             time.sleep(0.2)
-        result = load("127.0.0.1", port, VIEWS, clients=CLIENTS, seconds=SERVE_SECONDS, timeout=10.0)
+        # A stall is no answer in 30 s (the pool's own timeout): this box is shared and slow
+        # under load, and a stranded connection never comes back, so it fails either way.
+        result = load("127.0.0.1", port, VIEWS, clients=CLIENTS, seconds=SERVE_SECONDS, timeout=30.0)
         time.sleep(IDLE_SECONDS)
         after_idle = {view: _get_ok(port, view) for view in VIEWS}
         peak = sampler.peak
@@ -566,8 +568,10 @@ def test_server_under_load_no_stall_bounded_clean_shutdown(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     out = proc.stdout.read() if proc.stdout else ""
-    summary = (server, impl, result.ok, result.stalls, result.errors, result.by_path, result.error_samples,
-               f"peak={peak}", out[-3000:])
+    summary = (f"{server} impl={impl} ok={result.ok} stalls={result.stalls} errors={result.errors} "
+               f"retried={result.retried} "
+               f"by_path={result.by_path} peak={peak} samples={result.error_samples}\n"
+               f"server output:\n{out[-3000:]}")
     assert result.stalls == 0 and result.errors == 0, summary
     assert set(result.by_path) == set(VIEWS) and result.ok >= 2 * CLIENTS, summary
     assert sampler.samples > 10 and 0 < peak <= WORKERS * MAX_SIZE, summary

@@ -3,8 +3,11 @@
 ``load(host, port, paths, clients, seconds, timeout)``: ``clients`` keep-alive connections,
 each sending ``GET`` requests over ``paths`` in turn for ``seconds``. A request that gets no
 complete response within ``timeout`` is a *stall* (the client then reconnects); a response
-other than 200, or a dropped connection, is an *error*. No third-party client: what we measure
-is the server.
+other than 200, or a dropped connection, is an *error* -- except that, as HTTP clients do
+(RFC 9112 §9.3.1: idempotent requests), a GET whose *reused* keep-alive connection the server
+closed before answering is retried once on a new connection (counted in ``retried``; gunicorn's
+gthread worker closes kept-alive connections it cannot serve in time). No third-party client:
+what we measure is the server.
 
 ``Sampler(dsn, app_name)``: a thread that counts the server's backends with that
 ``application_name`` every ``interval`` seconds; ``.peak`` is the largest count seen.
@@ -27,6 +30,7 @@ class LoadResult:
     ok: int = 0
     stalls: int = 0
     errors: int = 0
+    retried: int = 0
     by_path: Dict[str, int] = field(default_factory=dict)
     error_samples: List[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -65,13 +69,28 @@ async def _client(i: int, host: str, port: int, paths: Sequence[str], deadline: 
                   result: LoadResult, counts: Counter) -> None:
     conn: Optional[tuple] = None
     n = i
+    retry: Optional[str] = None
     while time.monotonic() < deadline:
-        path = paths[n % len(paths)]
-        n += 1
+        if retry is None:
+            path = paths[n % len(paths)]
+            n += 1
+        else:
+            path = retry
+        reused = conn is not None
         try:
             if conn is None:
                 conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
             status = await asyncio.wait_for(_get(conn[0], conn[1], host, path), timeout)
+        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as exc:
+            if reused and retry is None and not (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                conn[1].close()  # type: ignore[index]
+                conn, retry = None, path
+                result.retried += 1
+                continue
+            result.errors += 1
+            if len(result.error_samples) < 10:
+                result.error_samples.append(f"{path}: {type(exc).__name__}: {exc}")
+            status = None
         except asyncio.TimeoutError:
             result.stalls += 1
             if len(result.error_samples) < 10:
@@ -82,6 +101,7 @@ async def _client(i: int, host: str, port: int, paths: Sequence[str], deadline: 
             if len(result.error_samples) < 10:
                 result.error_samples.append(f"{path}: {type(exc).__name__}: {exc}")
             status = None
+        retry = None
         if status is None:
             if conn is not None:
                 conn[1].close()
