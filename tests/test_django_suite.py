@@ -2,7 +2,7 @@
 
 Runs tests/django_suite/run.sh, which downloads the sdist with pip once (cached) and runs its
 runtests.py on the backend-heavy labels. It must pass as the stock backend does: the only extra
-skips are the 5 tests the backend declares inapplicable (DatabaseFeatures.django_test_skips).
+skips are the 5 tests (6 with hold="transaction") the backend declares inapplicable (DatabaseFeatures.django_test_skips).
 """
 
 from __future__ import annotations
