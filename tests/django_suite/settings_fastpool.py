@@ -17,6 +17,7 @@ DATABASES = databases(
     {"pool": {"max_size": int(os.environ.get("FASTPOOL_DJANGO_POOL_MAX", "4"))}},
 )
 
-# The 5 tests (6 with the default OPTIONS["pool"]["hold"] = "transaction") of behaviour django_fastpool replaces by design (persistent connections under
-# CONN_MAX_AGE, psycopg2 refusing pooling) are skipped by the backend itself, with the reason,
-# through DatabaseFeatures.django_test_skips (django_fastpool/base.py).
+# The 5 tests of behaviour django_fastpool replaces by design (persistent connections under
+# CONN_MAX_AGE, psycopg2 refusing pooling; a 6th with the default OPTIONS["pool"]["hold"] =
+# "transaction": connection.connection is None once the last cursor closed) are skipped by the
+# backend itself, with the reason, through DatabaseFeatures.django_test_skips (base.py).
