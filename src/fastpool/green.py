@@ -25,6 +25,7 @@ from time import monotonic
 from typing import Any, Callable, Optional, Tuple
 
 import collections
+import math
 import os
 import select
 
@@ -37,6 +38,10 @@ from .workers import WORKER_THREADS
 
 
 _get_gevent_hub: Optional[Callable[[], Any]] = None
+_getcurrent: Optional[Callable[[], Any]] = None
+# The real thread id, looked up once: under gevent every lookup through _original costs a dict
+# probe, and the hot paths below ask on every wait and every query.
+_get_ident: Callable[[], int] = _original._original("get_ident")
 
 
 def _gevent_hub() -> Any:
@@ -60,12 +65,22 @@ def _eventlet_hub() -> Any:
     return getattr(hubs._threadlocal, "hub", None)
 
 
+def _current_greenlet() -> Any:
+    """The running greenlet, or None if the greenlet module was never imported."""
+    global _getcurrent
+    if _getcurrent is None:
+        greenlet = sys.modules.get("greenlet")
+        if greenlet is None:
+            return None
+        _getcurrent = greenlet.getcurrent
+    return _getcurrent()
+
+
 def hub_kind() -> Optional[str]:
     """"gevent", "eventlet", "greenlet" (a bare greenlet, no hub) or None (a plain thread)."""
-    greenlet = sys.modules.get("greenlet")
-    if greenlet is None:
+    current = _current_greenlet()
+    if current is None:
         return None
-    current = greenlet.getcurrent()
     hub = _gevent_hub()
     if hub is not None and current is not hub:
         return "gevent"
@@ -79,50 +94,137 @@ def hub_kind() -> Optional[str]:
 
 def make_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
     """A waiter for the current execution context (see the module docstring)."""
-    kind = hub_kind()
-    if kind == "gevent":
-        return _gevent_waiter(waiter_cls)
-    if kind == "eventlet":
-        return _eventlet_waiter(waiter_cls)
-    if kind == "greenlet":
+    current = _current_greenlet()
+    if current is None:
+        return thread_waiter(waiter_cls)
+    hub = _gevent_hub()
+    if hub is not None and current is not hub:
+        parking = hub.__dict__.get("_fastpool_parking")
+        if parking is None:
+            parking = hub._fastpool_parking = _GeventParking(hub)
+        return parking.waiter(waiter_cls)
+    hub = _eventlet_hub()
+    if hub is not None and current is not getattr(hub, "greenlet", None):
+        parking = getattr(hub, "_fastpool_parking", None)
+        if parking is None:
+            parking = hub._fastpool_parking = _EventletParking(hub)
+        return parking.waiter(waiter_cls, current)
+    if current.parent is not None:
         return _bare_greenlet_waiter(waiter_cls)
     return thread_waiter(waiter_cls)
 
 
 _TIMED_OUT = object()
+_WAITING = 0  # the core's Waiter.state while nobody has handed it a connection
 
 
-def _gevent_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
-    # gevent's low-level hub Waiter and a raw loop timer: the cheapest way to park a greenlet
-    # (a Semaphore plus a Timeout object per wait cost several times more, and with 1000
-    # greenlets sharing 10 connections that CPU is taken from the queries).
-    from gevent.hub import Waiter as HubWaiter
+class _Deadlines:
+    """One hub timer for all the pool waits of one hub, instead of one timer per wait.
 
-    hub = _gevent_hub()
-    parked = HubWaiter(hub)
-    owner = _original.get_ident()
-    loop = hub.loop
+    Waits are appended in the order they start; a pool's default timeout is the same for every
+    caller, so their deadlines arrive in nondecreasing order and the earliest is always at the
+    head: a single timer, armed for the head, is enough. A wait whose deadline would be earlier
+    than the tail's (a caller passing a shorter timeout) is refused (``add`` returns False) and
+    gets a timer of its own. An entry is finished when its core waiter is no longer WAITING
+    (handed a connection, cancelled or closed); the pool hands connections out first come, first
+    served, so finished entries gather at the head and are dropped there, on every ``add`` and
+    when the timer fires: the queue stays about as long as the number of live waiters.
 
-    def wake() -> None:
-        if _original.get_ident() == owner:
-            loop.run_callback(parked.switch, None)
-        else:
-            # From another OS thread (a fastpool worker): gevent objects are not thread-safe,
-            # so let the waiter's own hub make the switch.
-            loop.run_callback_threadsafe(parked.switch, None)
+    Runs only in the hub's own OS thread (waits and the timer callback both do).
+    """
 
-    def wait(timeout: Optional[float]) -> bool:
-        timer = None
-        if timeout is not None:
-            timer = loop.timer(max(0.0, timeout))
-            timer.start(parked.switch, _TIMED_OUT)
-        try:
-            return parked.get() is not _TIMED_OUT
-        finally:
-            if timer is not None:
+    __slots__ = ("_entries", "_armed_at", "_now")
+
+    def __init__(self) -> None:
+        self._entries: "collections.deque[Tuple[float, Any, Any]]" = collections.deque()
+        self._armed_at = math.inf  # deadline the timer is set for (inf: no timer)
+        self._now = monotonic
+
+    def add(self, deadline: float, waiter: Any, expire: Any) -> bool:
+        entries = self._entries
+        while entries and entries[0][1].state != _WAITING:
+            entries.popleft()
+        if entries and deadline < entries[-1][0]:
+            return False
+        entries.append((deadline, waiter, expire))
+        if self._armed_at == math.inf:
+            self._armed_at = deadline
+            self._arm(max(0.0, deadline - self._now()))
+        return True
+
+    def _fire(self) -> None:
+        """Timer callback (in the hub): expire due waiters, re-arm for the next live one."""
+        self._armed_at = math.inf
+        entries = self._entries
+        now = self._now()
+        while entries:
+            deadline, waiter, expire = entries[0]
+            if waiter.state != _WAITING:
+                entries.popleft()
+            elif deadline <= now:
+                entries.popleft()
+                # Wakes that waiter with _TIMED_OUT (it cancels itself in the core). This
+                # switches away: meanwhile other waits may add entries and arm a timer.
+                expire()
+                now = self._now()
+            else:
+                if deadline < self._armed_at:  # not already covered by a timer armed meanwhile
+                    self._armed_at = deadline
+                    self._arm(deadline - now)
+                return
+
+    def _arm(self, delay: float) -> None:
+        raise NotImplementedError
+
+
+class _GeventParking(_Deadlines):
+    """Per-hub gevent machinery, made once per hub: each wait costs a hub ``Waiter`` (gevent's
+    cheapest way to park a greenlet) and the core's waiter, and no timer (see _Deadlines)."""
+
+    __slots__ = ("_hub", "_loop", "_owner", "_HubWaiter")
+
+    def __init__(self, hub: Any) -> None:
+        super().__init__()
+        from gevent.hub import Waiter as HubWaiter
+
+        self._hub = hub
+        self._loop = hub.loop
+        self._owner = _get_ident()
+        self._HubWaiter = HubWaiter
+
+    def _arm(self, delay: float) -> None:
+        timer = self._loop.timer(delay)
+        timer.start(self._fire)
+
+    def waiter(self, waiter_cls: Any) -> Tuple[Any, Wait]:
+        parked = self._HubWaiter(self._hub)
+        switch = parked.switch
+        loop, owner = self._loop, self._owner
+
+        def wake() -> None:
+            if _get_ident() == owner:
+                loop.run_callback(switch, None)
+            else:
+                # From another OS thread (a fastpool worker): gevent objects are not
+                # thread-safe, so let the waiter's own hub make the switch.
+                loop.run_callback_threadsafe(switch, None)
+
+        w = waiter_cls(wake)
+
+        def wait(timeout: Optional[float]) -> bool:
+            if timeout is None:
+                return parked.get() is not _TIMED_OUT
+            timeout = max(0.0, timeout)
+            if self.add(self._now() + timeout, w, lambda: switch(_TIMED_OUT)):
+                return parked.get() is not _TIMED_OUT
+            timer = loop.timer(timeout)  # an earlier deadline than the queue's tail
+            timer.start(switch, _TIMED_OUT)
+            try:
+                return parked.get() is not _TIMED_OUT
+            finally:
                 timer.close()
 
-    return waiter_cls(wake), wait
+        return w, wait
 
 
 class _EventletDoorbell:
@@ -159,45 +261,60 @@ class _EventletDoorbell:
             pass  # the pipe is full: the reader is already due to run
 
 
-def _eventlet_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
-    # The hub's own switch and timers (what eventlet's Event does), not a Semaphore plus a
-    # Timeout object per wait: with 1000 greenthreads that CPU is taken from the queries.
-    import greenlet
+class _EventletParking(_Deadlines):
+    """Per-hub eventlet machinery: the hub's own switch and timers (what eventlet's Event does),
+    not a Semaphore plus a Timeout object per wait, and one timer per hub (see _Deadlines)."""
 
-    hub = _eventlet_hub()
-    doorbell = getattr(hub, "_fastpool_doorbell", None)
-    if doorbell is None:
-        doorbell = hub._fastpool_doorbell = _EventletDoorbell()
-    me = greenlet.getcurrent()
-    owner = _original.get_ident()
-    parked = [False]  # True only while this greenthread sits in wait()'s hub.switch()
+    __slots__ = ("_hub", "_owner", "_doorbell")
 
-    def resume(value: Any) -> None:
-        # Runs in the hub: switch in only if still parked here (a wake after a timeout, or a
-        # timeout after a wake, must not jump into unrelated code).
-        if parked[0]:
-            parked[0] = False
-            me.switch(value)
+    def __init__(self, hub: Any) -> None:
+        super().__init__()
+        self._hub = hub
+        self._owner = _get_ident()
+        self._doorbell: Optional[_EventletDoorbell] = None  # made at the first wait
 
-    def wake() -> None:
-        if _original.get_ident() == owner:
-            hub.schedule_call_global(0, resume, None)
-        else:
-            doorbell.ring(lambda: hub.schedule_call_global(0, resume, None))
+    def _arm(self, delay: float) -> None:
+        self._hub.schedule_call_global(delay, self._fire)
 
-    def wait(timeout: Optional[float]) -> bool:
-        timer = None
-        if timeout is not None:
-            timer = hub.schedule_call_global(max(0.0, timeout), resume, _TIMED_OUT)
-        parked[0] = True
-        try:
-            return hub.switch() is not _TIMED_OUT
-        finally:
-            parked[0] = False
-            if timer is not None:
-                timer.cancel()
+    def waiter(self, waiter_cls: Any, me: Any) -> Tuple[Any, Wait]:
+        hub, owner = self._hub, self._owner
+        parked = [False]  # True only while this greenthread sits in wait()'s hub.switch()
+        doorbell = self._doorbell
+        if doorbell is None:
+            # Made here, in the hub's thread (it spawns its reader greenthread), before any
+            # other thread could need it.
+            doorbell = self._doorbell = _EventletDoorbell()
 
-    return waiter_cls(wake), wait
+        def resume(value: Any) -> None:
+            # Runs in the hub: switch in only if still parked here (a wake after a timeout, or a
+            # timeout after a wake, must not jump into unrelated code).
+            if parked[0]:
+                parked[0] = False
+                me.switch(value)
+
+        def wake() -> None:
+            if _get_ident() == owner:
+                hub.schedule_call_global(0, resume, None)
+            else:
+                doorbell.ring(lambda: hub.schedule_call_global(0, resume, None))
+
+        w = waiter_cls(wake)
+
+        def wait(timeout: Optional[float]) -> bool:
+            timer = None
+            if timeout is not None:
+                timeout = max(0.0, timeout)
+                if not self.add(self._now() + timeout, w, lambda: resume(_TIMED_OUT)):
+                    timer = hub.schedule_call_global(timeout, resume, _TIMED_OUT)
+            parked[0] = True
+            try:
+                return hub.switch() is not _TIMED_OUT
+            finally:
+                parked[0] = False
+                if timer is not None:
+                    timer.cancel()
+
+        return w, wait
 
 
 def _bare_greenlet_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
@@ -254,20 +371,42 @@ def _native_wait_fd(events: int) -> Callable[[int], None]:
 _native_read, _native_write = _native_wait_fd(select.POLLIN), _native_wait_fd(select.POLLOUT)
 
 
-def _gevent_wait_callback(conn: Any) -> None:
-    if _original.get_ident() in WORKER_THREADS:
-        return _drive(conn, _native_read, _native_write)
-    from gevent.socket import wait_read, wait_write
+_gevent_io: Optional[Tuple[Callable[[int], Any], Callable[[int], Any]]] = None
 
-    _drive(conn, wait_read, wait_write)
+
+def _gevent_wait_callback(conn: Any) -> None:
+    # Runs on every round trip of every query: nothing here may cost more than it must (the
+    # gevent functions are looked up once, not imported per call).
+    global _gevent_io
+    if _get_ident() in WORKER_THREADS:
+        return _drive(conn, _native_read, _native_write)
+    if _gevent_io is None:
+        from gevent.socket import wait_read, wait_write
+
+        _gevent_io = (wait_read, wait_write)
+    _drive(conn, *_gevent_io)
+
+
+def _eventlet_read(fd: int) -> None:
+    _trampoline(fd, read=True)
+
+
+def _eventlet_write(fd: int) -> None:
+    _trampoline(fd, write=True)
+
+
+_trampoline: Any = None
 
 
 def _eventlet_wait_callback(conn: Any) -> None:
-    if _original.get_ident() in WORKER_THREADS:
+    global _trampoline
+    if _get_ident() in WORKER_THREADS:
         return _drive(conn, _native_read, _native_write)
-    from eventlet.hubs import trampoline
+    if _trampoline is None:
+        from eventlet.hubs import trampoline
 
-    _drive(conn, lambda fd: trampoline(fd, read=True), lambda fd: trampoline(fd, write=True))
+        _trampoline = trampoline
+    _drive(conn, _eventlet_read, _eventlet_write)
 
 
 _CALLBACKS = {"gevent": _gevent_wait_callback, "eventlet": _eventlet_wait_callback}
@@ -284,7 +423,7 @@ class _WorkerSafe:
         self.inner = inner
 
     def __call__(self, conn: Any) -> Any:
-        if _original.get_ident() in WORKER_THREADS:
+        if _get_ident() in WORKER_THREADS:
             return _drive(conn, _native_read, _native_write)
         return self.inner(conn)
 

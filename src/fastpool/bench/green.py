@@ -306,7 +306,7 @@ def child_main(args: Any) -> int:
             info["wait_callback_from"] = hub.patch_psycopg2()
             adapter = spec.make(app_dsn, size)
     cb = extensions.get_wait_callback()
-    info["psycopg2_wait_callback"] = None if cb is None else f"{cb.__module__}.{cb.__qualname__}"
+    info["psycopg2_wait_callback"] = None if cb is None else f"{cb.__module__}.{getattr(cb, '__qualname__', type(cb).__qualname__)}"
 
     if name == "nopool":
         # one connection per greenlet, `size` greenlets doing all the queries between them
