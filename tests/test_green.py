@@ -273,6 +273,7 @@ def test_bare_greenlet_waiter_times_out_cleanly(make_pool: Any) -> None:
     "cancel_race",                        # (d) ~1 s of churn: tiny timeouts, kills, handoffs
     "kill_holder_midquery",               # (e) kill inside `with pool.connection()` mid-query
     "timeout_holder_midquery",            # (e) gevent.Timeout around it, mid-query
+    "timeout_many_waiters_one_timer",     # one hub timer for N waits; deadlines exact; FIFO
 ])
 def test_gevent_cancellation(scenario: Any, name: str) -> None:
     res = scenario("gevent_scenarios.py", name)

@@ -446,6 +446,62 @@ def cancel_during_pool_growth() -> dict:
     return {"verify": verify}
 
 
+# -- 7. many waiters, one hub timer ----------------------------------------------------------------
+def timeout_many_waiters_one_timer() -> dict:
+    """N parked greenlets cost one loop timer, not N; every timeout still fires on its own
+    deadline (never early), a shorter one passed later fires first, and handoffs stay FIFO."""
+    pool = C.make_pool(min_size=1, max_size=1, timeout=0.5)
+    pool.wait()
+    held = pool.getconn()
+    hub = gevent.get_hub()
+    gevent.sleep(0.01)
+    before = hub.loop.activecnt
+    outcomes: list = []
+
+    def waiter(i: int, timeout: object) -> None:
+        t0 = monotonic()
+        try:
+            conn = pool.getconn() if timeout is None else pool.getconn(timeout=timeout)
+        except fastpool.PoolTimeout:
+            outcomes.append((i, "timeout", monotonic() - t0))
+            return
+        pool.putconn(conn)
+        outcomes.append((i, "got", monotonic() - t0))
+
+    n = 50
+    gs = [gevent.spawn(waiter, i, None) for i in range(n)]
+    gevent.sleep(0.05)
+    parked = hub.loop.activecnt - before
+    C.check(pool.stats()["requests_waiting"] == n, "waiters not parked", pool.stats())
+    C.check(parked <= 2, f"{n} parked waiters hold {parked} active loop watchers (want one timer)")
+    gs.append(gevent.spawn(waiter, n, 0.1))  # an earlier deadline than the queue's tail
+    gevent.joinall(gs, timeout=10)
+    C.check(len(outcomes) == n + 1, "waiters did not finish", outcomes)
+    C.check(outcomes[0][0] == n and outcomes[0][1] == "timeout",
+            "the shorter timeout did not fire first", outcomes[:3])
+    late = [o for o in outcomes if o[0] < n and not (o[1] == "timeout" and 0.45 <= o[2] < 5.0)]
+    C.check(not late, "default-timeout waiters did not time out on their deadline", late[:5])
+    C.check(pool.stats()["requests_waiting"] == 0, "timed-out waiters still registered", pool.stats())
+
+    # Handoffs through the same machinery stay first come, first served.
+    order: list = []
+
+    def taker(i: int) -> None:
+        conn = pool.getconn(timeout=5)
+        order.append(i)
+        gevent.sleep(0)
+        pool.putconn(conn)
+
+    gs = [gevent.spawn(taker, i) for i in range(20)]
+    gevent.sleep(0.05)
+    pool.putconn(held)
+    gevent.joinall(gs, timeout=10)
+    C.check(order == list(range(20)), "handoffs were not FIFO", order)
+    verify = C.verify_pool(pool, 1, sleep=gevent.sleep)
+    pool.close()
+    return {"parked_watchers": parked, "verify": verify}
+
+
 SCENARIOS = {name: fn for name, fn in globals().items()
              if callable(fn) and not name.startswith("_") and fn.__module__ == __name__
              and name.split("_")[0] in ("load", "cancel", "kill", "timeout")}
