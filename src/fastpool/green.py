@@ -21,8 +21,9 @@ whenever gevent or eventlet is imported; ``green=False`` never.
 from __future__ import annotations
 
 import sys
+import time
 from time import monotonic
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import collections
 import math
@@ -114,6 +115,40 @@ def make_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
     return thread_waiter(waiter_cls)
 
 
+#: An OS thread that finds no idle connection first gives up the GIL this many times, retrying
+#: after each, before it queues (see spin). Bounded: a few time slices at most.
+SPIN_YIELDS = 4
+
+
+def spin(try_get: Callable[[float], Any], deadline: float) -> Any:
+    """An OS thread's short detour before it queues: yield the GIL and retry, a few times.
+
+    Why: with more threads than connections, the holders are usually runnable threads waiting
+    for the GIL, not for the database. A thread that queues at once blocks on a lock; the next
+    return hands the connection to it (first come, first served) and the returning thread, now
+    without one, queues in turn: every checkout then costs two OS thread switches (a lock
+    convoy). Yielding instead lets the holders run on and return their connections to the
+    free list, where the yielding thread finds one. Greenlets never spin (in a hub it would only
+    barge ahead of the queue) and nor does anyone once the deadline is near; after
+    ``SPIN_YIELDS`` tries the thread queues and is served in order from then on.
+    """
+    if hub_kind() is not None:
+        return None
+    for _ in range(SPIN_YIELDS):
+        _sched_yield()  # releases the GIL
+        left = deadline - monotonic()
+        if left <= 0:
+            return None
+        conn = try_get(left)
+        if conn is not None:
+            return conn
+    return None
+
+
+# os.sched_yield releases the GIL around the syscall (and gevent never patches it).
+_sched_yield: Callable[[], None] = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+
+
 _TIMED_OUT = object()
 _WAITING = 0  # the core's Waiter.state while nobody has handed it a connection
 
@@ -181,7 +216,7 @@ class _GeventParking(_Deadlines):
     """Per-hub gevent machinery, made once per hub: each wait costs a hub ``Waiter`` (gevent's
     cheapest way to park a greenlet) and the core's waiter, and no timer (see _Deadlines)."""
 
-    __slots__ = ("_hub", "_loop", "_owner", "_HubWaiter")
+    __slots__ = ("_hub", "_loop", "_owner", "_HubWaiter", "io")
 
     def __init__(self, hub: Any) -> None:
         super().__init__()
@@ -191,6 +226,15 @@ class _GeventParking(_Deadlines):
         self._loop = hub.loop
         self._owner = _get_ident()
         self._HubWaiter = HubWaiter
+        # fd -> (read watcher, write watcher) for the psycopg2 wait callback: made once per fd
+        # instead of once per round trip (what gevent.socket.wait_read does). A watcher holds
+        # only (fd, events) and is stopped between waits, so it stays right for whatever socket
+        # later gets the same fd number, as gevent's own sockets' watchers do.
+        self.io: Dict[int, Tuple[Any, Any]] = {}
+
+    def watchers(self, fd: int) -> Tuple[Any, Any]:
+        w = self.io[fd] = (self._loop.io(fd, 1), self._loop.io(fd, 2))
+        return w
 
     def _arm(self, delay: float) -> None:
         timer = self._loop.timer(delay)
@@ -372,6 +416,7 @@ _native_read, _native_write = _native_wait_fd(select.POLLIN), _native_wait_fd(se
 
 
 _gevent_io: Optional[Tuple[Callable[[int], Any], Callable[[int], Any]]] = None
+_POLL_OK, _POLL_READ, _POLL_WRITE = extensions.POLL_OK, extensions.POLL_READ, extensions.POLL_WRITE
 
 
 def _gevent_wait_callback(conn: Any) -> None:
@@ -380,11 +425,30 @@ def _gevent_wait_callback(conn: Any) -> None:
     global _gevent_io
     if _get_ident() in WORKER_THREADS:
         return _drive(conn, _native_read, _native_write)
-    if _gevent_io is None:
-        from gevent.socket import wait_read, wait_write
+    hub = _gevent_hub()
+    if hub is None or _current_greenlet() is hub:
+        # No hub in this thread yet, or called from the hub itself: gevent's own functions.
+        if _gevent_io is None:
+            from gevent.socket import wait_read, wait_write
 
-        _gevent_io = (wait_read, wait_write)
-    _drive(conn, *_gevent_io)
+            _gevent_io = (wait_read, wait_write)
+        return _drive(conn, *_gevent_io)
+    parking = hub.__dict__.get("_fastpool_parking")
+    if parking is None:
+        parking = hub._fastpool_parking = _GeventParking(hub)
+    fd = conn.fileno()
+    watchers = parking.io.get(fd) or parking.watchers(fd)
+    wait = hub.wait  # start the watcher, switch to the hub, stop the watcher (even if killed)
+    while True:
+        state = conn.poll()
+        if state == _POLL_OK:
+            return
+        if state == _POLL_READ:
+            wait(watchers[0])
+        elif state == _POLL_WRITE:
+            wait(watchers[1])
+        else:
+            raise psycopg2.OperationalError(f"unexpected result from poll(): {state!r}")
 
 
 def _eventlet_read(fd: int) -> None:

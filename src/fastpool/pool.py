@@ -340,6 +340,12 @@ class PoolPolicy:
         start = monotonic() - spent
         deadline = start + wait_for
         _green.ensure_wait_callback(self._green)
+        c = self._counts()
+        if c["size"] >= c["max"]:  # nothing to grow: an OS thread tries a short yield first
+            conn = _green.spin(self._try_get, deadline)
+            if conn is not None:
+                self._requests_wait += monotonic() - start
+                return conn
         while True:
             waiter, wait = _green.make_waiter(self._Waiter)
             try:
