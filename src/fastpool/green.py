@@ -498,6 +498,12 @@ def ensure_wait_callback(green: Any) -> Optional[str]:
     kept, wrapped so that fastpool's worker threads never go through it (whatever ``green``)."""
     current = extensions.get_wait_callback()
     if current is not None:
+        if green is not False and _is_eventlets_own(current):
+            # eventlet.monkey_patch() registers this one by itself (nobody chose it): fastpool's
+            # does the same trampolining, and waits natively in worker threads without a
+            # wrapper around every round trip.
+            extensions.set_wait_callback(_eventlet_wait_callback)
+            return "eventlet"
         if current not in _CALLBACKS.values() and not isinstance(current, _WorkerSafe):
             extensions.set_wait_callback(_WorkerSafe(current))
         return None
@@ -510,6 +516,11 @@ def ensure_wait_callback(green: Any) -> Optional[str]:
             extensions.set_wait_callback(_CALLBACKS[kind])
             return kind
     return None
+
+
+def _is_eventlets_own(cb: Any) -> bool:
+    return (getattr(cb, "__module__", None) == "eventlet.support.psycopg2_patcher"
+            and getattr(cb, "__name__", None) == "eventlet_wait_callback")
 
 
 def is_fastpool_callback(cb: Optional[Callable[..., Any]]) -> bool:

@@ -2,9 +2,9 @@
 
 Run only as a subprocess of tests/test_green.py: every scenario monkey-patches the interpreter.
 
-``eventlet.monkey_patch()`` also patches psycopg2 (it registers eventlet's own wait callback, and
-fastpool then leaves it alone). The ``*_own_callback`` scenarios patch with ``psycopg=False`` so
-that fastpool's own eventlet wait callback is what makes psycopg2 cooperative.
+``eventlet.monkey_patch()`` also patches psycopg2 (it registers eventlet's own wait callback;
+fastpool replaces it with its own equivalent one). The ``*_own_callback`` scenarios patch with
+``psycopg=False``, so that fastpool's callback is the only one ever registered.
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def _load(pool: object) -> dict:
         C.check(res["fastpool_callback"], "fastpool's eventlet wait callback is not registered",
                 res["wait_callback"])
     else:
-        C.check(cb is not None, "no psycopg2 wait callback registered")
+        # eventlet's own callback (registered by monkey_patch, not chosen by anyone) is replaced
+        # by fastpool's equivalent one, which needs no wrapper for the pool's worker threads.
+        C.check(cb is fp_green._eventlet_wait_callback,
+                "eventlet's own wait callback was not replaced by fastpool's", res["wait_callback"])
     res["verify"] = C.verify_pool(pool, MAX, sleep=eventlet.sleep)
     pool.close()
     return res
