@@ -120,7 +120,7 @@ def make_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
 SPIN_YIELDS = 4
 
 
-def spin(try_get: Callable[[float], Any], deadline: float) -> Any:
+def spin(try_get: Callable[[float], Any], deadline: float, at_max: Callable[[], bool]) -> Any:
     """An OS thread's short detour before it queues: yield the GIL and retry, a few times.
 
     Why: with more threads than connections, the holders are usually runnable threads waiting
@@ -129,10 +129,11 @@ def spin(try_get: Callable[[float], Any], deadline: float) -> Any:
     without one, queues in turn: every checkout then costs two OS thread switches (a lock
     convoy). Yielding instead lets the holders run on and return their connections to the
     free list, where the yielding thread finds one. Greenlets never spin (in a hub it would only
-    barge ahead of the queue) and nor does anyone once the deadline is near; after
+    barge ahead of the queue), nor does a thread while the pool can still grow (``at_max()``
+    False: queueing starts a connection at once) or once its deadline has passed; after
     ``SPIN_YIELDS`` tries the thread queues and is served in order from then on.
     """
-    if hub_kind() is not None:
+    if hub_kind() is not None or not at_max():
         return None
     for _ in range(SPIN_YIELDS):
         _sched_yield()  # releases the GIL

@@ -340,12 +340,10 @@ class PoolPolicy:
         start = monotonic() - spent
         deadline = start + wait_for
         _green.ensure_wait_callback(self._green)
-        c = self._counts()
-        if c["size"] >= c["max"]:  # nothing to grow: an OS thread tries a short yield first
-            conn = _green.spin(self._try_get, deadline)
-            if conn is not None:
-                self._requests_wait += monotonic() - start
-                return conn
+        conn = _green.spin(self._try_get, deadline, self._at_max)  # OS threads only
+        if conn is not None:
+            self._requests_wait += monotonic() - start
+            return conn
         while True:
             waiter, wait = _green.make_waiter(self._Waiter)
             try:
@@ -401,6 +399,10 @@ class PoolPolicy:
             f"size {c['size']}/{c['max']}, {c['idle']} idle, {c['waiting']} waiting)"
             f"{self._last_error_text()}"
         )
+
+    def _at_max(self) -> bool:
+        c = self._counts()
+        return c["size"] >= c["max"]
 
     def _return_later(self, conn: Any) -> None:
         """Return ``conn`` from a finalizer: it may run anywhere, even while this thread holds
