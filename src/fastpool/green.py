@@ -152,6 +152,7 @@ _sched_yield: Callable[[], None] = getattr(os, "sched_yield", None) or (lambda: 
 
 _TIMED_OUT = object()
 _WAITING = 0  # the core's Waiter.state while nobody has handed it a connection
+_COMPACT_MIN = 1024  # _Deadlines entries before the first compaction
 
 
 class _Deadlines:
@@ -169,12 +170,13 @@ class _Deadlines:
     Runs only in the hub's own OS thread (waits and the timer callback both do).
     """
 
-    __slots__ = ("_entries", "_armed_at", "_now")
+    __slots__ = ("_entries", "_armed_at", "_now", "_compact_at")
 
     def __init__(self) -> None:
         self._entries: "collections.deque[Tuple[float, Any, Any]]" = collections.deque()
         self._armed_at = math.inf  # deadline the timer is set for (inf: no timer)
         self._now = monotonic
+        self._compact_at = _COMPACT_MIN
 
     def add(self, deadline: float, waiter: Any, expire: Any) -> bool:
         entries = self._entries
@@ -182,6 +184,12 @@ class _Deadlines:
             entries.popleft()
         if entries and deadline < entries[-1][0]:
             return False
+        if len(entries) >= self._compact_at:
+            # Finished entries stuck behind a live head (cancelled waiters, or waits of another
+            # pool on this hub served while the head's pool stays exhausted): drop them all, in
+            # amortised O(1) -- the next compaction waits until the queue doubles again.
+            entries = self._entries = collections.deque(e for e in entries if e[1].state == _WAITING)
+            self._compact_at = max(_COMPACT_MIN, 2 * len(entries))
         entries.append((deadline, waiter, expire))
         if self._armed_at == math.inf:
             self._armed_at = deadline
