@@ -3,19 +3,24 @@
 Waiting (decided at every wait, never at import, so a pool made before monkey-patching still
 cooperates):
 
-* a greenlet running under a gevent hub waits on a gevent semaphore, under an eventlet hub on
-  an eventlet semaphore: the hub keeps running every other greenlet;
+* a greenlet running under a gevent hub parks on a gevent hub ``Waiter``, under an eventlet hub
+  on the hub's own switch: the hub keeps running every other greenlet. The machinery is made
+  once per hub (``_GeventParking`` / ``_EventletParking``), and all the timed waits of a hub
+  share one hub timer (``_Deadlines``) instead of arming one each;
 * a greenlet with no hub (plain ``greenlet`` code that switches by hand) yields to its parent and
   re-checks when switched back to, so it can never block the thread that must run the holder;
-* anything else is an OS thread and blocks on a lock (gevent/eventlet-patched locks cooperate).
+* anything else is an OS thread: at ``max_size`` it first yields the GIL a few times and retries
+  (``spin``, against lock convoys), then blocks on a lock (gevent/eventlet-patched locks
+  cooperate).
 
 Nothing here is keyed by thread id: every greenlet of a thread shares it.
 
 psycopg2 green I/O: psycopg2 blocks in libpq unless a wait callback is registered
 (``psycopg2.extensions.set_wait_callback``). With ``green="auto"`` the pool registers its own
 cooperative callback -- the first time it connects or waits after gevent or eventlet has patched
-``socket`` -- unless one is already registered (psycogreen's, say). ``green=True`` registers it
-whenever gevent or eventlet is imported; ``green=False`` never.
+``socket`` -- unless one is already registered (psycogreen's, say, is kept; the one
+``eventlet.monkey_patch()`` registers by itself is replaced by fastpool's equivalent one).
+``green=True`` registers it whenever gevent or eventlet is imported; ``green=False`` never.
 """
 
 from __future__ import annotations
