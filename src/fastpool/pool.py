@@ -342,7 +342,11 @@ class PoolPolicy:
         _green.ensure_wait_callback(self._green)
         conn = _green.spin(self._try_get, deadline, self._at_max)  # OS threads only
         if conn is not None:
-            self._requests_wait += monotonic() - start
+            waited = monotonic() - start
+            self._requests_wait += waited
+            hook = self._waited_hook
+            if hook is not None:
+                hook(waited)
             return conn
         while True:
             waiter, wait = _green.make_waiter(self._Waiter)
