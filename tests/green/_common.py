@@ -27,8 +27,6 @@ IMPL = os.environ["FASTPOOL_IMPL"]
 APP = os.environ.get("FASTPOOL_TEST_APP", "fp-green-script")
 #: application_name of the scripts' own inspection connection (never counted as a pool backend)
 ADMIN_APP = APP + "-admin"
-#: a load run must finish in less than this fraction of its sequential time
-WALL_RATIO = 0.75
 
 
 def make_pool(**options: Any) -> Any:
@@ -184,13 +182,11 @@ def check_load(res: Dict[str, Any], max_size: int) -> None:
     check(res["done"] == res["expected"], "not every query ran", res)
     check(res["max_size_seen"] <= max_size, "pool grew beyond max_size", res)
     check(res["distinct_pids"] <= max_size, "more sessions than max_size were used", res)
-    # Cooperative psycopg2: several borrowers hold connections with queries in flight at once
-    # (deterministic: a blocking query never lets another greenlet run while it holds its
-    # connection), and the total is clearly under the sequential time (6 s for both hubs; the
-    # margin is generous because the machine may be loaded).
+    # Cooperative psycopg2: several borrowers hold connections with queries in flight at once.
+    # Deterministic: a blocking query never lets another greenlet run while it holds its
+    # connection. (No wall-clock bound: on a loaded machine it is a speed threshold, not a
+    # proof; wall and sequential times stay in the result for a reader.)
     check(res["max_inflight"] >= 2, "queries never overlapped: psycopg2 blocked the hub", res)
-    check(res["wall"] < WALL_RATIO * res["sequential"],
-          f"wall time is not below {WALL_RATIO} x the sequential time: psycopg2 blocked the hub", res)
 
 
 def scenario_main(scenarios: Dict[str, Callable[[], Any]], name: str) -> None:
