@@ -288,6 +288,101 @@ def test_soak_threads(make_pool: Any, backends: Any, impl: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# waiters: an exhausted-then-recovering pool under many short timeouts (issue 11)
+
+#: seconds per core; set FASTPOOL_SOAK_WAITERS_SECONDS=600 for the 10-minute run.
+WAITER_SECONDS = float(os.environ.get("FASTPOOL_SOAK_WAITERS_SECONDS", "12"))
+WAITER_THREADS = 64
+WAITER_MAX_SIZE = 4
+PHASE = 1.0  # seconds exhausted, then as long recovering, over and over
+
+
+@pytest.mark.slow
+def test_soak_waiters_exhausted_then_recovering(make_pool: Any, impl: str) -> None:
+    """64 threads with random short getconn timeouts (1-50 ms) against a pool that is, in
+    turns, exhausted (a holder keeps every connection: all of them time out) and recovering
+    (connections come back and are shared): timed-out waiters must not accumulate, so RSS stays
+    flat, and at the end nothing is left waiting or leaked."""
+    pool = make_pool(min_size=1, max_size=WAITER_MAX_SIZE, timeout=10.0)
+    pool.wait(10)
+    proc = psutil.Process()
+    seed = int(os.environ.get("SOAK_SEED", "0")) or random.randrange(1, 2**31)
+    print(f"\n[waiters/{impl}] {WAITER_SECONDS:g} s, {WAITER_THREADS} threads, "
+          f"max_size {WAITER_MAX_SIZE}, seed {seed}")
+    t0 = monotonic()
+    end = t0 + WAITER_SECONDS
+    exhausted = threading.Event()
+    counts = collections.Counter()
+    unexpected: List[str] = []
+
+    def worker(tid: int) -> None:
+        rnd = random.Random(seed * 1000 + tid)
+        c = collections.Counter()
+        while monotonic() < end:
+            try:
+                conn = pool.getconn(timeout=rnd.uniform(0.001, 0.05))
+            except fastpool.PoolTimeout:
+                c["timeout_exhausted" if exhausted.is_set() else "timeout"] += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - reported below
+                unexpected.append(repr(exc))
+                continue
+            try:
+                if rnd.random() < 0.2:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                    conn.commit()
+                time.sleep(rnd.random() * 0.002)
+            finally:
+                pool.putconn(conn)
+            c["ok"] += 1
+        counts.update(c)
+
+    def holder() -> None:
+        while monotonic() + 2 * PHASE < end:
+            held = []
+            exhausted.set()
+            try:
+                # take every connection as the workers return them (they also compete)
+                phase_end = monotonic() + PHASE
+                while len(held) < WAITER_MAX_SIZE and monotonic() < phase_end:
+                    try:
+                        held.append(pool.getconn(timeout=0.05))
+                    except fastpool.PoolTimeout:
+                        pass
+                time.sleep(max(0.0, phase_end - monotonic()))
+            finally:
+                exhausted.clear()
+                for conn in held:
+                    pool.putconn(conn)
+            time.sleep(PHASE)
+
+    curve: List[Tuple[int, int, float]] = []
+    with counted_fastpool_logs():
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(WAITER_THREADS)]
+        threads.append(threading.Thread(target=holder, daemon=True))
+        for t in threads:
+            t.start()
+        i = 0
+        while any(t.is_alive() for t in threads):
+            curve.append((i, proc.memory_info().rss, round(monotonic() - t0, 2)))
+            i += 1
+            time.sleep(max(0.05, WAITER_SECONDS / SAMPLES))
+        for t in threads:
+            t.join(30)
+    st = pool.stats()
+    print(f"[waiters/{impl}] {dict(counts)}")
+    print(f"[waiters/{impl}] stats {st}")
+    assert not unexpected, unexpected[:10]
+    assert counts["ok"] > 0 and counts["timeout_exhausted"] > 0, counts
+    assert_no_leak(pool, WAITER_MAX_SIZE)
+    gc_waiters = sum(1 for o in __import__("gc").get_objects() if type(o) is pool._Waiter)
+    assert gc_waiters < 200, f"{gc_waiters} waiters still alive"
+    rss = rss_report(f"waiters/{impl}", curve)
+    assert rss["growth_after_warmup"] < RSS_SLACK, rss
+
+
+# --------------------------------------------------------------------------------------------
 # greenlets, in a gevent-patched subprocess
 
 
