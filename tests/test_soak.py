@@ -13,6 +13,11 @@ the whole file: each soak gets an equal share; set 1_000_000 for the full figure
   ``kill()``s random workers (waiters, holders, returners) and ``gevent.Timeout`` cancels whole
   borrows.
 
+A third soak, ``test_soak_waiters_exhausted_then_recovering``, runs 64 threads with random
+1-50 ms getconn timeouts against a pool that is in turns exhausted and recovering, for
+``FASTPOOL_SOAK_WAITERS_SECONDS`` per core (default 12; 600 is the 10-minute run of issue 11):
+the waiter queue stays bounded and RSS flat.
+
 Each soak asserts: no unexpected error, nobody left waiting, every connection back
 (pool_available == pool_size), the ring's invariants, max_size distinct sessions can still be
 taken, ``requests_num`` >= the getconn calls made, and RSS flat after warm-up (final minus the
@@ -338,10 +343,20 @@ def test_soak_waiters_exhausted_then_recovering(make_pool: Any, impl: str) -> No
             c["ok"] += 1
         counts.update(c)
 
+    def patient_wait() -> None:
+        try:
+            pool.putconn(pool.getconn(timeout=2 * PHASE))
+        except fastpool.PoolTimeout:
+            pass
+
     def holder() -> None:
         while monotonic() + 2 * PHASE < end:
             held = []
             exhausted.set()
+            # one caller with a long timeout waits through the whole phase, as in a real
+            # service: the queue is never empty, so dead waiters must go some other way
+            patient = threading.Thread(target=patient_wait, daemon=True)
+            patient.start()
             try:
                 # take every connection as the workers return them (they also compete)
                 phase_end = monotonic() + PHASE
@@ -364,17 +379,21 @@ def test_soak_waiters_exhausted_then_recovering(make_pool: Any, impl: str) -> No
         for t in threads:
             t.start()
         i = 0
+        longest_queue = 0
         while any(t.is_alive() for t in threads):
             curve.append((i, proc.memory_info().rss, round(monotonic() - t0, 2)))
+            longest_queue = max(longest_queue, pool._counts()["queue"])
             i += 1
             time.sleep(max(0.05, WAITER_SECONDS / SAMPLES))
         for t in threads:
             t.join(30)
     st = pool.stats()
     print(f"[waiters/{impl}] {dict(counts)}")
-    print(f"[waiters/{impl}] stats {st}")
+    print(f"[waiters/{impl}] stats {st}; longest waiter queue {longest_queue}")
     assert not unexpected, unexpected[:10]
     assert counts["ok"] > 0 and counts["timeout_exhausted"] > 0, counts
+    # live waiters (at most 66) plus the dead ones the queue may keep a while (Core._claim)
+    assert longest_queue <= 4 * (WAITER_THREADS + 2) + 64, longest_queue
     assert_no_leak(pool, WAITER_MAX_SIZE)
     gc_waiters = sum(1 for o in __import__("gc").get_objects() if type(o) is pool._Waiter)
     assert gc_waiters < 200, f"{gc_waiters} waiters still alive"

@@ -668,6 +668,7 @@ class Core:
                 "idle": self._nfree,
                 "connecting": self._nconnecting,
                 "waiting": self._nwaiting,
+                "queue": len(self._waiters),  # live and not yet dropped dead waiters
                 "max": self._max,
                 "requests_num": self._requests_num,
                 "requests_queued": self._requests_queued,
