@@ -74,8 +74,15 @@ GROW_CONCURRENCY = 1
 #: wait in several steps (lock.acquire() rejects timeouts beyond threading.TIMEOUT_MAX).
 WAIT_STEP = 3600.0
 
-#: max_size's default: "not given" (see _resolve_sizes).
-_UNSET: Any = object()
+
+
+class _Default(int):
+    """A size default: equal to its value (and shown as it by help()), but recognisably not
+    given by the caller (see _resolve_sizes)."""
+
+
+_MIN_DEFAULT = _Default(DEFAULT_MIN_SIZE)
+_MAX_DEFAULT = _Default(DEFAULT_MAX_SIZE)
 
 _counter = itertools.count(1)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -116,8 +123,8 @@ def _resolve_sizes(min_size: Any, max_size: Any) -> "tuple[int, int]":
     of N, fastpool's default max_size is 10, and guessing wrong either way misjudges how many
     server connections a process may open. Neither given: 1..10.
     """
-    if max_size is _UNSET:
-        if min_size is _UNSET:
+    if type(max_size) is _Default:
+        if type(min_size) is _Default:
             return DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE
         _count("min_size", min_size, 0)
         if min_size > 0:
@@ -127,7 +134,7 @@ def _resolve_sizes(min_size: Any, max_size: Any) -> "tuple[int, int]":
                 f"(max_size=None or max_size={min_size} for psycopg_pool's meaning)"
             )
         return 0, DEFAULT_MAX_SIZE
-    if min_size is _UNSET:
+    if type(min_size) is _Default:
         min_size = DEFAULT_MIN_SIZE
     if max_size is None:
         _count("min_size", min_size, 0)
@@ -194,8 +201,8 @@ class PoolPolicy:
         *,
         connect: Optional[Callable[..., Any]] = None,
         kwargs: Optional[Dict[str, Any]] = None,
-        min_size: int = _UNSET,
-        max_size: Optional[int] = _UNSET,
+        min_size: int = _MIN_DEFAULT,
+        max_size: Optional[int] = _MAX_DEFAULT,
         timeout: float = 30.0,
         max_waiting: int = 0,
         max_lifetime: float = 3600.0,
