@@ -356,6 +356,7 @@ def test_randomized_walk_keeps_invariants(make: Any, core_mod: Any, lifo: bool, 
     borrowed: Dict[int, Any] = {}  # id -> conn held by "the application"
     waiters: List[Any] = []  # enqueued, not yet claimed
     dead_slots: List[int] = []
+    reserved_gen: Dict[int, int] = {}  # CONNECTING slot -> generation its attempt started in
     ops = ("get", "get", "put", "put", "fill", "fill", "fill_failed", "take_idle", "restore",
            "restore", "release", "set_max", "bump_generation", "enqueue", "enqueue", "claim",
            "reserve", "drop")
@@ -426,10 +427,17 @@ def test_randomized_walk_keeps_invariants(make: Any, core_mod: Any, lifo: bool, 
             conn = FakeConn(closed=1 if rnd.random() < 0.07 else 0)
             conn.gen, conn.expired = m.gen, expired
             target = m.first_waiter()
-            assert ring._fill(slot, conn, now() - 1.0 if expired else INF) is True, ctx
-            m.put_back(conn, target)
+            filled = ring._fill(slot, conn, now() - 1.0 if expired else INF)
+            if reserved_gen.pop(slot) != m.gen:
+                # drained while connecting: refused, the slot stays CONNECTING for a new attempt
+                assert filled is None and ring._slot_states()[slot] == CONNECTING, ctx
+                ring.connecting.append(slot)
+            else:
+                assert filled is True, ctx
+                m.put_back(conn, target)
         elif op == "fill_failed" and ring.connecting:
             slot = ring.connecting.pop(rnd.randrange(len(ring.connecting)))
+            reserved_gen.pop(slot)
             ring._fill_failed(slot)
             assert ring._slot_states()[slot] == EMPTY, ctx
         elif op == "take_idle":
@@ -511,6 +519,8 @@ def test_randomized_walk_keeps_invariants(make: Any, core_mod: Any, lifo: bool, 
             continue
 
         # -- after every operation --
+        for s in ring.connecting:
+            reserved_gen.setdefault(s, m.gen)  # reserved by this op (none bumps and reserves)
         ring._check_invariants()
         after = counts(ring)
         states = ring._slot_states()
@@ -675,14 +685,16 @@ def test_enqueue_grows_one_slot_per_uncovered_waiter_up_to_max(make: Any, core_m
     conn = FakeConn()
     assert ring._fill(ring.grown[0], conn, INF)
     assert ws[0].state == HANDED and ws[0].conn is conn
+    # a connect that ends re-covers the waiters: 4 waiting, 1 connecting, size 2 -> grow 1
+    assert len(ring.grown) == 3
     assert ring._claim(ws[0]) is conn
     ring.defer = True
     conn.status = 1
     ring.putconn(conn)  # slow, parked (nobody else gets it)
     (slot, _), = ring.reserved
     n = len(ring.grown)
-    ring._release(slot)  # 4 waiting, 1 connecting, size 1 -> grow 2 more
-    assert len(ring.grown) == n + 2
+    ring._release(slot)  # 4 waiting, 2 connecting, size 2 -> grow 1 more
+    assert len(ring.grown) == n + 1
     c = counts(ring)
     assert c["size"] == 3 and c["connecting"] == 3 and c["waiting"] == 4
     ring._check_invariants()

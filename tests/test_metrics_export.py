@@ -194,7 +194,7 @@ def test_collector_holds_pools_weakly(Pool: type, dsn: str) -> None:
     everything.register(Collector())
     listed = CollectorRegistry()
     name = f"prom-weak-{uuid.uuid4().hex[:8]}"
-    pool = Pool(dsn, min_size=1, name=name)
+    pool = Pool(dsn, min_size=1, max_size=10, name=name)
     listed.register(Collector([pool]))
     pool.wait()
     pool.putconn(pool.getconn())
@@ -344,7 +344,7 @@ def test_otel_queued_wait_is_observed(make_pool: Any, sdk: OTel) -> None:
 def test_otel_histograms_off_and_weak_pools(Pool: type, dsn: str, sdk: OTel) -> None:
     name = f"otel-all-{uuid.uuid4().hex[:8]}"
     inst = otel.instrument(meter_provider=sdk.provider)  # histograms off: the default
-    pool = Pool(dsn, min_size=1, name=name)  # made after instrument(): still reported
+    pool = Pool(dsn, min_size=1, max_size=10, name=name)  # made after instrument(): still reported
     listed = otel.instrument(pool, meter_provider=sdk.provider, histograms=True)  # for this one
     try:
         pool.wait()
@@ -369,7 +369,7 @@ def test_otel_histograms_off_and_weak_pools(Pool: type, dsn: str, sdk: OTel) -> 
 def test_otel_all_pools_histograms_for_later_pools(Pool: type, dsn: str, sdk: OTel) -> None:
     name = f"otel-later-{uuid.uuid4().hex[:8]}"
     inst = otel.instrument(meter_provider=sdk.provider, histograms=True)
-    pool = Pool(dsn, min_size=1, name=name)
+    pool = Pool(dsn, min_size=1, max_size=10, name=name)
     try:
         pool.wait()
         pool.putconn(pool.getconn())
@@ -412,7 +412,7 @@ def test_broken_listener_never_breaks_borrowing(make_pool: Any, caplog: Any) -> 
 
         connection_used = connection_created = connection_waited
 
-    pool = make_pool(min_size=1, name="broken-listener")
+    pool = make_pool(min_size=1, max_size=10, name="broken-listener")
     listener = Broken()
     timings.subscribe(listener, [pool])
     try:
@@ -430,7 +430,7 @@ def test_broken_listener_never_breaks_borrowing(make_pool: Any, caplog: Any) -> 
 
 def test_no_password_in_labels_or_attributes(make_pool: Any, dsn: str, sdk: OTel) -> None:
     # trust authentication: the server ignores the password, the pool must not repeat it
-    pool = make_pool(conninfo=f"{dsn} password={SECRET}", min_size=1)
+    pool = make_pool(conninfo=f"{dsn} password={SECRET}", min_size=1, max_size=10)
     url_pool = make_pool(kwargs={"password": SECRET}, min_size=0)
     registry = CollectorRegistry()
     registry.register(Collector())

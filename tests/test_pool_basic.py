@@ -351,7 +351,7 @@ def test_default_and_custom_name(Pool, dsn, app_name):
 
 
 def test_open_false_does_not_connect(Pool, dsn, app_name, backends):
-    pool = Pool(dsn, kwargs={"application_name": app_name}, min_size=2, open=False)
+    pool = Pool(dsn, kwargs={"application_name": app_name}, min_size=2, max_size=10, open=False)
     try:
         time.sleep(0.3)
         assert backends(app_name) == 0
@@ -375,7 +375,7 @@ def test_getconn_before_open_raises_pool_closed(Pool, dsn, app_name):
 
 
 def test_context_manager_opens_and_closes(Pool, dsn, app_name, backends):
-    with Pool(dsn, kwargs={"application_name": app_name}, min_size=2) as pool:
+    with Pool(dsn, kwargs={"application_name": app_name}, min_size=2, max_size=10) as pool:
         assert not pool.closed
         with pool.connection(timeout=10) as conn:
             assert select_one(conn) == 1
@@ -388,7 +388,7 @@ def test_context_manager_opens_and_closes(Pool, dsn, app_name, backends):
 
 
 def test_context_manager_opens_unopened_pool(Pool, dsn, app_name):
-    pool = Pool(dsn, kwargs={"application_name": app_name}, min_size=1, open=False)
+    pool = Pool(dsn, kwargs={"application_name": app_name}, min_size=1, max_size=10, open=False)
     with pool:
         with pool.connection(timeout=10) as conn:
             assert select_one(conn) == 1

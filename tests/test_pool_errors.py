@@ -542,7 +542,7 @@ def test_password_in_kwargs_never_leaks(Pool, caplog):
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="fastpool")
     pool = Pool("host=127.0.0.1 port=1 user=postgres dbname=test connect_timeout=1",
-                kwargs={"password": SECRET}, min_size=1, timeout=0.5)
+                kwargs={"password": SECRET}, min_size=1, max_size=10, timeout=0.5)
     try:
         assert SECRET not in repr(pool)
         with pytest.raises(fastpool.PoolTimeout) as ei:
@@ -580,7 +580,7 @@ def test_unreachable_server_timeout_mentions_error_and_no_spin(Pool):
 
 def test_wait_raises_pool_timeout_when_unreachable(Pool):
     pool = Pool("host=127.0.0.1 port=1 user=postgres dbname=test connect_timeout=1",
-                min_size=1, timeout=0.5)
+                min_size=1, max_size=10, timeout=0.5)
     try:
         t0 = time.monotonic()
         with pytest.raises(fastpool.PoolTimeout):
@@ -626,7 +626,7 @@ def test_recovers_when_server_comes_back(Pool, dsn, app_name):
 def test_reconnect_failed_called(Pool):
     called = []
     pool = Pool("host=127.0.0.1 port=1 user=postgres dbname=test connect_timeout=1",
-                min_size=1, reconnect_timeout=0.5, reconnect_failed=called.append)
+                min_size=1, max_size=10, reconnect_timeout=0.5, reconnect_failed=called.append)
     try:
         assert wait_until(lambda: called, timeout=5), "reconnect_failed never called"
         assert called[0] is pool

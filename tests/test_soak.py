@@ -13,6 +13,11 @@ the whole file: each soak gets an equal share; set 1_000_000 for the full figure
   ``kill()``s random workers (waiters, holders, returners) and ``gevent.Timeout`` cancels whole
   borrows.
 
+A third soak, ``test_soak_waiters_exhausted_then_recovering``, runs 64 threads with random
+1-50 ms getconn timeouts against a pool that is in turns exhausted and recovering, for
+``FASTPOOL_SOAK_WAITERS_SECONDS`` per core (default 12; 600 is the 10-minute run of issue 11):
+the waiter queue stays bounded and RSS flat.
+
 Each soak asserts: no unexpected error, nobody left waiting, every connection back
 (pool_available == pool_size), the ring's invariants, max_size distinct sessions can still be
 taken, ``requests_num`` >= the getconn calls made, and RSS flat after warm-up (final minus the
@@ -284,6 +289,115 @@ def test_soak_threads(make_pool: Any, backends: Any, impl: str) -> None:
     final = assert_no_leak(pool, MAX_SIZE)
     assert final["pool_size"] <= MAX_SIZE
     rss = rss_report(f"threads/{impl}", curve)
+    assert rss["growth_after_warmup"] < RSS_SLACK, rss
+
+
+# --------------------------------------------------------------------------------------------
+# waiters: an exhausted-then-recovering pool under many short timeouts (issue 11)
+
+#: seconds per core; set FASTPOOL_SOAK_WAITERS_SECONDS=600 for the 10-minute run.
+WAITER_SECONDS = float(os.environ.get("FASTPOOL_SOAK_WAITERS_SECONDS", "12"))
+WAITER_THREADS = 64
+WAITER_MAX_SIZE = 4
+PHASE = 1.0  # seconds exhausted, then as long recovering, over and over
+
+
+@pytest.mark.slow
+def test_soak_waiters_exhausted_then_recovering(make_pool: Any, impl: str) -> None:
+    """64 threads with random short getconn timeouts (1-50 ms) against a pool that is, in
+    turns, exhausted (a holder keeps every connection: all of them time out) and recovering
+    (connections come back and are shared): timed-out waiters must not accumulate, so RSS stays
+    flat, and at the end nothing is left waiting or leaked."""
+    pool = make_pool(min_size=1, max_size=WAITER_MAX_SIZE, timeout=10.0)
+    pool.wait(10)
+    proc = psutil.Process()
+    seed = int(os.environ.get("SOAK_SEED", "0")) or random.randrange(1, 2**31)
+    print(f"\n[waiters/{impl}] {WAITER_SECONDS:g} s, {WAITER_THREADS} threads, "
+          f"max_size {WAITER_MAX_SIZE}, seed {seed}")
+    t0 = monotonic()
+    end = t0 + WAITER_SECONDS
+    exhausted = threading.Event()
+    counts = collections.Counter()
+    unexpected: List[str] = []
+
+    def worker(tid: int) -> None:
+        rnd = random.Random(seed * 1000 + tid)
+        c = collections.Counter()
+        while monotonic() < end:
+            try:
+                conn = pool.getconn(timeout=rnd.uniform(0.001, 0.05))
+            except fastpool.PoolTimeout:
+                c["timeout_exhausted" if exhausted.is_set() else "timeout"] += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - reported below
+                unexpected.append(repr(exc))
+                continue
+            try:
+                if rnd.random() < 0.2:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                    conn.commit()
+                time.sleep(rnd.random() * 0.002)
+            finally:
+                pool.putconn(conn)
+            c["ok"] += 1
+        counts.update(c)
+
+    def patient_wait() -> None:
+        try:
+            pool.putconn(pool.getconn(timeout=2 * PHASE))
+        except fastpool.PoolTimeout:
+            pass
+
+    def holder() -> None:
+        while monotonic() + 2 * PHASE < end:
+            held = []
+            exhausted.set()
+            # one caller with a long timeout waits through the whole phase, as in a real
+            # service: the queue is never empty, so dead waiters must go some other way
+            patient = threading.Thread(target=patient_wait, daemon=True)
+            patient.start()
+            try:
+                # take every connection as the workers return them (they also compete)
+                phase_end = monotonic() + PHASE
+                while len(held) < WAITER_MAX_SIZE and monotonic() < phase_end:
+                    try:
+                        held.append(pool.getconn(timeout=0.05))
+                    except fastpool.PoolTimeout:
+                        pass
+                time.sleep(max(0.0, phase_end - monotonic()))
+            finally:
+                exhausted.clear()
+                for conn in held:
+                    pool.putconn(conn)
+            time.sleep(PHASE)
+
+    curve: List[Tuple[int, int, float]] = []
+    with counted_fastpool_logs():
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(WAITER_THREADS)]
+        threads.append(threading.Thread(target=holder, daemon=True))
+        for t in threads:
+            t.start()
+        i = 0
+        longest_queue = 0
+        while any(t.is_alive() for t in threads):
+            curve.append((i, proc.memory_info().rss, round(monotonic() - t0, 2)))
+            longest_queue = max(longest_queue, pool._counts()["queue"])
+            i += 1
+            time.sleep(max(0.05, WAITER_SECONDS / SAMPLES))
+        for t in threads:
+            t.join(30)
+    st = pool.stats()
+    print(f"[waiters/{impl}] {dict(counts)}")
+    print(f"[waiters/{impl}] stats {st}; longest waiter queue {longest_queue}")
+    assert not unexpected, unexpected[:10]
+    assert counts["ok"] > 0 and counts["timeout_exhausted"] > 0, counts
+    # live waiters (at most 66) plus the dead ones the queue may keep a while (Core._claim)
+    assert longest_queue <= 4 * (WAITER_THREADS + 2) + 64, longest_queue
+    assert_no_leak(pool, WAITER_MAX_SIZE)
+    gc_waiters = sum(1 for o in __import__("gc").get_objects() if type(o) is pool._Waiter)
+    assert gc_waiters < 200, f"{gc_waiters} waiters still alive"
+    rss = rss_report(f"waiters/{impl}", curve)
     assert rss["growth_after_warmup"] < RSS_SLACK, rss
 
 

@@ -59,6 +59,7 @@ cdef class Core:
     # opt-in timing hooks (None: off), see _core_set_timers
     cdef object _wait_hook
     cdef object _use_hook
+    cdef int _grow_limit
     # probes and the alive check pre-resolved on one connection class (see _core_set_type)
     cdef object _fast_type
     cdef tuple _fast_probes
@@ -86,3 +87,4 @@ cdef class Core:
     cdef void _unreserve(self, int slot)
     cdef int _reserve_slot(self)
     cdef list _grow_slots(self)
+    cdef void _compact_waiters(self)

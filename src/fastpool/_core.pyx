@@ -46,6 +46,8 @@ ENQUEUED, RETRY, FULL, CLOSED_POOL = 0, 1, 2, 3
 #: getconn calls between two _on_tick() policy calls: the policy gets a cheap periodic look at
 #: the world (e.g. monkey-patching that happened after the pool was made) off the hot path.
 DEF TICK_EVERY = 1024
+#: cancelled waiters tolerated in the queue beyond twice the live ones before it is compacted.
+DEF COMPACT_SLACK = 64
 
 
 cdef inline double _clock() noexcept nogil:
@@ -101,6 +103,7 @@ cdef class Core:
         self._check_after = INFINITY
         self._probes = ()
         self._alive_attr = None
+        self._grow_limit = 2147483647  # see _core_set_grow_limit
 
     def __dealloc__(self):
         PyMem_Free(self._state)
@@ -167,6 +170,11 @@ cdef class Core:
         """Connections have a writable attribute ``name`` (None: they do not): the ring stores
         each one's slot number there, so putconn finds it without the address map."""
         self._slot_attr = name
+
+    def _core_set_grow_limit(self, int limit):
+        """Waiters make the ring reserve connections only while fewer than ``limit`` are being
+        made; each one made (``_fill``) re-checks. A policy knob: how fast demand grows the pool."""
+        self._grow_limit = limit
 
     def _open_core(self):
         self._closed = False
@@ -508,16 +516,25 @@ cdef class Core:
         for slot in range(self._cap):
             if self._state[slot] == EMPTY:
                 self._state[slot] = CONNECTING
+                # The generation a connection belongs to is the one its attempt started in: a
+                # drain() while it connects makes it stale (it may reach the old server).
+                self._gen[slot] = self._generation
                 self._size += 1
                 self._nconnecting += 1
                 return slot
         return -1
 
     cdef list _grow_slots(self):
-        """Reserve one CONNECTING slot per waiter not yet covered by a connection being made."""
+        """Reserve one CONNECTING slot per waiter not yet covered by a connection being made,
+        with at most ``grow_limit`` connections being made at once (see _core_set_grow_limit)."""
         cdef list slots = []
         cdef int s
-        while self._nwaiting > self._nconnecting and self._size < self._max and not self._closed:
+        while (
+            self._nwaiting > self._nconnecting
+            and self._nconnecting < self._grow_limit
+            and self._size < self._max
+            and not self._closed
+        ):
             s = self._reserve_slot()
             if s < 0:
                 break
@@ -526,7 +543,9 @@ cdef class Core:
 
     def _fill(self, int slot, conn, double expiry):
         """CONNECTING -> IDLE (or straight to a waiter) with a new connection.
-        False if the pool closed meanwhile: the slot is freed and the caller closes ``conn``."""
+        False if the pool closed meanwhile: the slot is freed and the caller closes ``conn``.
+        None if drain() ran since the attempt started: the caller closes ``conn`` and connects
+        again; the slot stays CONNECTING, now in the current generation."""
         # Keyed by address, not by the object: a key would be a strong reference and the
         # weakref-based reclaim of dropped connections could never fire. putconn re-checks
         # identity, so a reused address cannot be mistaken for ours.
@@ -537,6 +556,9 @@ cdef class Core:
             wref = None  # not weak-referenceable: no reclaim for this connection type
         if self._state[slot] != CONNECTING:
             return False  # un-reserved meanwhile (an interrupted grow): caller closes conn
+        if not self._closed and self._gen[slot] != self._generation:
+            self._gen[slot] = self._generation
+            return None
         self._nconnecting -= 1
         if self._closed:
             self._state[slot] = EMPTY
@@ -545,7 +567,6 @@ cdef class Core:
         self._conns[slot] = conn
         self._wrefs[slot] = wref
         self._expiry[slot] = expiry
-        self._gen[slot] = self._generation
         self._slot_of[key] = slot
         self._keys[slot] = key
         if self._slot_attr is not None:
@@ -554,8 +575,11 @@ cdef class Core:
             except (AttributeError, TypeError):
                 pass  # the address map still works
         w = self._restore_slot(slot, _clock())
+        # One connect in flight has ended: if waiters are still uncovered, the next starts.
+        grow = self._grow_slots()
         if w is not None:
             w.wake()
+        self._dispatch_grow(grow)
         return True
 
     def _fill_failed(self, int slot):
@@ -606,7 +630,20 @@ cdef class Core:
         if w.state == WAITING:
             w.state = CANCELLED
             self._nwaiting -= 1
+            if len(self._waiters) > 2 * self._nwaiting + COMPACT_SLACK:
+                # Cancelled waiters are normally dropped lazily by the next handoff; with the
+                # pool exhausted no handoff comes, so drop them here (amortised O(1): at least
+                # half the queue goes), or timed-out waiters pile up without bound.
+                self._compact_waiters()
         return None
+
+    cdef void _compact_waiters(self):
+        cdef object live = deque()
+        cdef Waiter x
+        for x in self._waiters:
+            if x.state == WAITING:
+                live.append(x)
+        self._waiters = live
 
     def _take_idle(self, double expired_at, double idle_before, int keep):
         """IDLE -> RESERVED for the policy: connections expired at ``expired_at``, and the
@@ -698,6 +735,7 @@ cdef class Core:
             "idle": self._nfree,
             "connecting": self._nconnecting,
             "waiting": self._nwaiting,
+            "queue": len(self._waiters),  # live and not yet dropped dead waiters
             "max": self._max,
             "requests_num": self._requests_num,
             "requests_queued": self._requests_queued,

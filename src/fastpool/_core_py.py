@@ -58,6 +58,8 @@ ENQUEUED, RETRY, FULL, CLOSED_POOL = 0, 1, 2, 3
 INF = math.inf
 #: getconn calls between two _on_tick() policy calls (see _core.pyx).
 TICK_EVERY = 1024
+#: cancelled waiters tolerated in the queue beyond twice the live ones before it is compacted.
+COMPACT_SLACK = 64
 
 
 class Waiter:
@@ -111,6 +113,7 @@ class Core:
         self._slot_attr: Optional[str] = None  # see _core_set_slot_attr
         self._wait_hook: Optional[Callable[[float], None]] = None  # see _core_set_timers
         self._use_hook: Optional[Callable[[float], None]] = None
+        self._grow_limit = 2**31 - 1  # see _core_set_grow_limit
         # Counters.
         self._requests_num = 0
         self._requests_queued = 0
@@ -144,6 +147,11 @@ class Core:
         """Connections have a writable attribute ``name`` (None: they do not): the ring stores
         each one's slot number there, so putconn finds it without the address map."""
         self._slot_attr = name
+
+    def _core_set_grow_limit(self, limit: int) -> None:
+        """Waiters make the ring reserve connections only while fewer than ``limit`` are being
+        made; each one made (``_fill``) re-checks. A policy knob: how fast demand grows the pool."""
+        self._grow_limit = int(limit)
 
     def _open_core(self) -> None:
         self._closed = False
@@ -428,24 +436,35 @@ class Core:
         for slot in range(self._cap):
             if self._state[slot] == EMPTY:
                 self._state[slot] = CONNECTING
+                # The generation a connection belongs to is the one its attempt started in: a
+                # drain() while it connects makes it stale (it may reach the old server).
+                self._gen[slot] = self._generation
                 self._size += 1
                 self._nconnecting += 1
                 return slot
         return -1
 
     def _grow_slots_locked(self) -> List[int]:
-        """Reserve one CONNECTING slot per waiter not yet covered by a connection being made."""
+        """Reserve one CONNECTING slot per waiter not yet covered by a connection being made,
+        with at most ``grow_limit`` connections being made at once (see _core_set_grow_limit)."""
         slots = []
-        while self._nwaiting > self._nconnecting and self._size < self._max and not self._closed:
+        while (
+            self._nwaiting > self._nconnecting
+            and self._nconnecting < self._grow_limit
+            and self._size < self._max
+            and not self._closed
+        ):
             s = self._reserve_locked()
             if s < 0:
                 break
             slots.append(s)
         return slots
 
-    def _fill(self, slot: int, conn: Any, expiry: float) -> bool:
+    def _fill(self, slot: int, conn: Any, expiry: float) -> Optional[bool]:
         """CONNECTING -> IDLE (or straight to a waiter) with a new connection.
-        False if the pool closed meanwhile: the slot is freed and the caller closes ``conn``."""
+        False if the pool closed meanwhile: the slot is freed and the caller closes ``conn``.
+        None if drain() ran since the attempt started: the caller closes ``conn`` and connects
+        again; the slot stays CONNECTING, now in the current generation."""
         try:
             wref = weakref.ref(conn, self._make_dead_cb(slot))
         except TypeError:
@@ -453,6 +472,9 @@ class Core:
         with self._lock:
             if self._state[slot] != CONNECTING:
                 return False  # un-reserved meanwhile (an interrupted grow): caller closes conn
+            if not self._closed and self._gen[slot] != self._generation:
+                self._gen[slot] = self._generation
+                return None
             self._nconnecting -= 1
             if self._closed:
                 self._state[slot] = EMPTY
@@ -461,7 +483,6 @@ class Core:
             self._conns[slot] = conn
             self._wrefs[slot] = wref
             self._expiry[slot] = expiry
-            self._gen[slot] = self._generation
             self._slot_of[id(conn)] = slot
             self._keys[slot] = id(conn)
             if self._slot_attr is not None:
@@ -470,8 +491,11 @@ class Core:
                 except (AttributeError, TypeError):
                     pass  # the address map still works
             w = self._restore_locked(slot, now())
+            # One connect in flight has ended: if waiters are still uncovered, the next starts.
+            grow = self._grow_slots_locked()
         if w is not None:
             w.wake()
+        self._dispatch_grow(grow)
         return True
 
     def _fill_failed(self, slot: int) -> None:
@@ -539,6 +563,11 @@ class Core:
             if w.state == WAITING:
                 w.state = CANCELLED
                 self._nwaiting -= 1
+                if len(self._waiters) > 2 * self._nwaiting + COMPACT_SLACK:
+                    # Cancelled waiters are normally dropped lazily by the next handoff; with
+                    # the pool exhausted no handoff comes, so drop them here (amortised O(1):
+                    # at least half the queue goes), or timed-out waiters pile up without bound.
+                    self._waiters = deque(x for x in self._waiters if x.state == WAITING)
             return None
 
     def _take_idle(self, expired_at: float, idle_before: float, keep: int) -> List[Tuple[int, Any]]:
@@ -639,6 +668,7 @@ class Core:
                 "idle": self._nfree,
                 "connecting": self._nconnecting,
                 "waiting": self._nwaiting,
+                "queue": len(self._waiters),  # live and not yet dropped dead waiters
                 "max": self._max,
                 "requests_num": self._requests_num,
                 "requests_queued": self._requests_queued,

@@ -83,7 +83,10 @@ def _pooled_cursor_class(base: type) -> type:
 
 
 def _split(dsn: Optional[str], kwargs: Dict[str, Any]) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
-    pool_options = {k: v for k, v in kwargs.items() if k in POOL_OPTIONS}
+    # ``timeout`` is how long this one call may wait (connect() passes it to getconn()), not a
+    # property of the pool: were it part of the pool's key, each distinct value would make a
+    # pool of its own, with its own connections and threads.
+    pool_options = {k: v for k, v in kwargs.items() if k in POOL_OPTIONS and k != "timeout"}
     params = {k: v for k, v in kwargs.items() if k not in POOL_OPTIONS}
     # psycopg2.connect() semantics: keyword parameters are merged into the dsn; factories stay
     # keyword arguments of the connect call.
@@ -126,8 +129,9 @@ def pool_for(dsn: Optional[str] = None, **kwargs: Any) -> Any:
 def connect(dsn: Optional[str] = None, **kwargs: Any) -> "PooledConnection":
     """A pooled psycopg2 connection; ``close()`` returns it to the pool.
 
-    Keywords that are :class:`fastpool.Pool` options (``max_size``, ``timeout``, ...) configure
-    the pool; all others are connection parameters, as for ``psycopg2.connect``.
+    Keywords that are :class:`fastpool.Pool` options (``max_size``, ``max_lifetime``, ...)
+    configure the pool; ``timeout`` is how long this call may wait for a connection (it does not
+    make a pool of its own); all others are connection parameters, as for ``psycopg2.connect``.
     """
     pool = pool_for(dsn, **kwargs)
     timeout = kwargs.get("timeout")

@@ -57,6 +57,32 @@ MAINTENANCE_INTERVAL = 1.0
 #: libpq connect_timeout (seconds) used when neither conninfo nor kwargs set one: a connect to a
 #: black-holed host must not hold a worker forever.
 DEFAULT_CONNECT_TIMEOUT = 10
+#: default bounds when neither min_size nor max_size is given.
+DEFAULT_MIN_SIZE = 1
+DEFAULT_MAX_SIZE = 10
+#: largest max_size accepted: PostgreSQL itself caps max_connections at 2**18 - 1 (and the
+#: ring preallocates max_size slots, so an absurd value must fail here, clearly).
+MAX_POOL_SIZE = 2**18 - 1
+#: largest max_waiting accepted (the ring counts waiters in a C int).
+MAX_WAITING_LIMIT = 2**31 - 1
+#: connections made at once to serve waiters (prewarm and min_size refills are not limited).
+#: Each one made re-checks whether waiters are still uncovered, so the pool grows with demand
+#: that outlasts a connect, not with a momentary queue that returns serve in a few ms anyway;
+#: waiters are still served by whichever comes first, a return or the new connection.
+GROW_CONCURRENCY = 1
+#: a single wait on a lock or a hub timer is at most this long; longer (even infinite) timeouts
+#: wait in several steps (lock.acquire() rejects timeouts beyond threading.TIMEOUT_MAX).
+WAIT_STEP = 3600.0
+
+
+
+class _Default(int):
+    """A size default: equal to its value (and shown as it by help()), but recognisably not
+    given by the caller (see _resolve_sizes)."""
+
+
+_MIN_DEFAULT = _Default(DEFAULT_MIN_SIZE)
+_MAX_DEFAULT = _Default(DEFAULT_MAX_SIZE)
 
 _counter = itertools.count(1)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -81,8 +107,52 @@ def _count(name: str, value: Any, minimum: int) -> int:
 def _check_sizes(min_size: Any, max_size: Any) -> None:
     _count("min_size", min_size, 0)
     _count("max_size", max_size, 1)
+    if max_size > MAX_POOL_SIZE:
+        raise ValueError(
+            f"max_size must be <= {MAX_POOL_SIZE} (PostgreSQL's own limit on connections), not {max_size}"
+        )
     if min_size > max_size:
         raise ValueError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
+
+
+def _resolve_sizes(min_size: Any, max_size: Any) -> "tuple[int, int]":
+    """(min_size, max_size) from the constructor's arguments.
+
+    ``max_size=None`` means what it means in psycopg_pool: a fixed pool, ``max_size = min_size``.
+    ``min_size=N`` (N >= 1) *without* max_size is refused: psycopg_pool reads it as a fixed pool
+    of N, fastpool's default max_size is 10, and guessing wrong either way misjudges how many
+    server connections a process may open. Neither given: 1..10.
+    """
+    if type(max_size) is _Default:
+        if type(min_size) is _Default:
+            return DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE
+        _count("min_size", min_size, 0)
+        if min_size > 0:
+            raise ValueError(
+                f"min_size={min_size} without max_size is ambiguous: psycopg_pool makes it a fixed pool "
+                f"of {min_size}, fastpool's default max_size is {DEFAULT_MAX_SIZE}; pass max_size "
+                f"(max_size=None or max_size={min_size} for psycopg_pool's meaning)"
+            )
+        return 0, DEFAULT_MAX_SIZE
+    if type(min_size) is _Default:
+        min_size = DEFAULT_MIN_SIZE
+    if max_size is None:
+        _count("min_size", min_size, 0)
+        if min_size == 0:
+            raise ValueError("max_size=None means max_size = min_size (as in psycopg_pool), "
+                             "so min_size must be >= 1")
+        max_size = min_size
+    _check_sizes(min_size, max_size)
+    return min_size, max_size
+
+
+def _call_weakly(ref: "weakref.ref[Any]", method: str, *args: Any) -> None:
+    """A background task of a pool that may be gone: timers and workers hold the pool only
+    weakly, so a pool dropped without close() is collected (its __del__ closes its connections
+    and ends its threads) instead of living on through its own maintenance timer."""
+    pool = ref()
+    if pool is not None:
+        getattr(pool, method)(*args)
 
 
 class _Borrow:
@@ -131,8 +201,8 @@ class PoolPolicy:
         *,
         connect: Optional[Callable[..., Any]] = None,
         kwargs: Optional[Dict[str, Any]] = None,
-        min_size: int = 1,
-        max_size: int = 10,
+        min_size: int = _MIN_DEFAULT,
+        max_size: Optional[int] = _MAX_DEFAULT,
         timeout: float = 30.0,
         max_waiting: int = 0,
         max_lifetime: float = 3600.0,
@@ -154,9 +224,11 @@ class PoolPolicy:
             raise TypeError("connect must be a callable(conninfo, **kwargs) returning a connection")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict of connection parameters, not {type(kwargs).__name__}")
-        _check_sizes(min_size, max_size)
-        self._timeout = _positive("timeout", timeout)
+        min_size, max_size = _resolve_sizes(min_size, max_size)
+        self._timeout = _positive("timeout", timeout, allow_inf=True)
         _count("max_waiting", max_waiting, 0)
+        if max_waiting > MAX_WAITING_LIMIT:
+            raise ValueError(f"max_waiting must be <= {MAX_WAITING_LIMIT}, not {max_waiting}")
         _positive("max_lifetime", max_lifetime, allow_inf=True)
         _positive("max_idle", max_idle, allow_inf=True)
         _positive("reconnect_timeout", reconnect_timeout, allow_inf=True)
@@ -217,6 +289,9 @@ class PoolPolicy:
         self._connections_errors = 0
         # reconnect backoff state
         self._fail_since: Optional[float] = None
+        self._give_up_at = math.inf
+        # after reconnect_failed: no new attempts until a request needs a connection
+        self._gave_up = False
         self._next_attempt = 0.0
         self._delay = 0.0
         self._probe_in_flight = False
@@ -228,7 +303,9 @@ class PoolPolicy:
         self._warned: Dict[int, Any] = {}
 
         self._core_setup(max_size, lifo)
+        self._core_set_grow_limit(GROW_CONCURRENCY)
         self._configure_core((), "closed")
+        self._weakself = weakref.ref(self)
         self._workers = Workers(self.name)  # connects (may block for connect_timeout), returns
         # Timers (watchdogs, maintenance) get a thread of their own that never connects, so a
         # few connects hanging on a dead host cannot delay a watchdog.
@@ -242,20 +319,22 @@ class PoolPolicy:
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Start the pool: prewarm ``min_size`` connections in the background."""
         with self._lock:
-            if self._opened:
-                if self._core_closed():
-                    raise PoolClosed(f"pool {self.name!r} was closed and cannot be reopened")
-                return
-            self._opened = True
-            self._open_core()
-        self._ensure_min()
-        self._timers.schedule(MAINTENANCE_INTERVAL, self._maintain)
+            already = self._opened
+            if already and self._core_closed():
+                raise PoolClosed(f"pool {self.name!r} was closed and cannot be reopened")
+            if not already:
+                self._opened = True
+                self._open_core()
+        if not already:
+            self._ensure_min()
+            self._schedule_maintenance(MAINTENANCE_INTERVAL)
         if wait:
+            # also when it was open already: wait=True promises min_size ready on return
             self.wait(timeout)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until ``min_size`` connections are ready; PoolTimeout if not within ``timeout``."""
-        _positive("timeout", timeout)
+        _positive("timeout", timeout, allow_inf=True)
         deadline = monotonic() + timeout
         pause = 0.001
         while True:
@@ -301,12 +380,33 @@ class PoolPolicy:
         self.close()
 
     def __del__(self) -> None:
+        # Dropped without close(): nobody can be waiting or hold a reference to us any more
+        # (a waiter's frame would), so close the idle connections and end the threads now
+        # instead of leaving server sessions and OS threads behind.
         try:
-            if self._opened and not self._core_closed():
-                self._workers.stop(0)
-                self._timers.stop(0)
+            if not self._opened or self._core_closed():
+                return
+            self._close_core()
+            for slot, conn in self._take_all_idle():
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+                self._release(slot)
+            self._workers.stop(0)
+            self._timers.stop(0)
         except Exception:
             pass
+
+    # -- background tasks hold the pool weakly (see _call_weakly) --------------------------------
+    def _submit(self, method: str, *args: Any) -> None:
+        self._workers.schedule_at(0.0, _call_weakly, self._weakself, method, *args)
+
+    def _submit_at(self, when: float, method: str, *args: Any) -> None:
+        self._workers.schedule_at(when, _call_weakly, self._weakself, method, *args)
+
+    def _schedule_maintenance(self, delay: float) -> None:
+        self._timers.schedule(delay, _call_weakly, self._weakself, "_maintain")
 
     def _after_fork_in_child(self) -> None:
         """In a forked child (see fork.py): forget and neutralise inherited connections, start
@@ -322,7 +422,7 @@ class PoolPolicy:
         self._timers.after_fork_in_child()
         if self._opened and not self._core_closed():
             self._ensure_min()
-            self._timers.schedule(MAINTENANCE_INTERVAL, self._maintain)
+            self._schedule_maintenance(MAINTENANCE_INTERVAL)
 
     # -- borrowing ------------------------------------------------------------------------------
     def connection(self, timeout: Optional[float] = None) -> _Borrow:
@@ -375,18 +475,25 @@ class PoolPolicy:
                 )
             break
         try:
-            wait(deadline - monotonic())
+            while True:
+                # In steps: a huge or infinite timeout means "as long as it takes", and no
+                # lock or hub timer takes an infinite timeout.
+                left = deadline - monotonic()
+                if wait(min(left, WAIT_STEP)) or left <= WAIT_STEP:
+                    break
         except BaseException:
             # Cancelled (KeyboardInterrupt, greenlet kill, timeout exception): a connection
             # handed over meanwhile must go back, not vanish with this caller.
             conn = self._claim(waiter)
+            self._requests_wait += monotonic() - start
             if conn is not None:
                 self.putconn(conn)
             raise
         conn = self._claim(waiter)
+        # psycopg_pool's meaning: every wait counts, also those that end in a timeout.
+        waited = monotonic() - start
+        self._requests_wait += waited
         if conn is not None:
-            waited = monotonic() - start
-            self._requests_wait += waited
             hook = self._waited_hook
             if hook is not None:
                 hook(waited)
@@ -413,7 +520,7 @@ class PoolPolicy:
         one of our locks, so take none: queue it (a deque append is atomic) and ask a worker to
         drain the queue if that can be done without blocking; otherwise the next tick does."""
         self._orphans.append(conn)
-        self._workers.try_submit(self._drain_orphans)
+        self._workers.try_submit(_call_weakly, self._weakself, "_drain_orphans")
 
     def _drain_orphans(self) -> None:
         while self._orphans:
@@ -433,7 +540,7 @@ class PoolPolicy:
         if self._dead:
             self._drain_dead()
         if self._orphans:
-            self._workers.try_submit(self._drain_orphans)
+            self._workers.try_submit(_call_weakly, self._weakself, "_drain_orphans")
 
     # -- health ----------------------------------------------------------------------------------
     def _vet(self, conn: Any, idle: float, remaining: float) -> bool:
@@ -488,11 +595,12 @@ class PoolPolicy:
 
     # -- growing ----------------------------------------------------------------------------------
     def _grow(self, slot: int) -> None:
-        self._workers.submit(self._connect_slot, slot)
+        self._submit("_connect_slot", slot)
 
     def _ensure_min(self) -> None:
-        """Start connections until size reaches min_size (each fills a CONNECTING slot)."""
-        while True:
+        """Start connections until size reaches min_size (each fills a CONNECTING slot); not
+        after reconnect_failed gave up, until a request needs a connection again."""
+        while not self._gave_up:
             c = self._counts()
             if c["size"] >= self._min:
                 return
@@ -511,6 +619,14 @@ class PoolPolicy:
         if self._core_closed():
             self._fill_failed(slot)
             return
+        if self._gave_up:
+            # reconnect_timeout ran out and reconnect_failed fired: only a waiting request
+            # starts a new round of attempts (as in psycopg_pool), nothing else retries.
+            if self._counts()["waiting"] == 0:
+                self._fill_failed(slot)
+                return
+            with self._lock:
+                self._gave_up = False
         now = monotonic()
         probing = False
         with self._lock:
@@ -520,12 +636,15 @@ class PoolPolicy:
                 if self._probe_in_flight or now < self._next_attempt:
                     # parked until the backoff allows; re-checked at most ~10 times a second
                     retry_at = max(self._next_attempt, now + 0.1)
-                    self._workers.schedule_at(retry_at, self._connect_slot, slot)
+                    self._submit_at(retry_at, "_connect_slot", slot)
                     return
                 self._probe_in_flight = probing = True
         try:
             conn = self._new_connection()
-        except Exception as exc:
+        except BaseException as exc:
+            # Any failure, even a BaseException from connect= or a conninfo callable
+            # (CancelledError, KeyboardInterrupt, SystemExit raised by user code in this
+            # worker): free or retry the slot, never leave it CONNECTING with a dead thread.
             self._connect_failed(slot, exc)
             return
         finally:
@@ -534,14 +653,20 @@ class PoolPolicy:
                     self._probe_in_flight = False
         with self._lock:
             self._fail_since = None
+            self._give_up_at = math.inf
+            self._gave_up = False
             self._delay = 0.0
             self._last_error = None
         expiry = self._now() + self._max_lifetime * (1.0 - LIFETIME_JITTER * random.random())
-        if not self._fill(slot, conn, expiry):
+        filled = self._fill(slot, conn, expiry)
+        if not filled:
             try:
-                conn.close()  # closed meanwhile
+                conn.close()  # closed meanwhile, or drained while connecting
             except Exception:
                 pass
+            if filled is None:
+                # drain() ran during the attempt: this connection may reach the old server.
+                self._submit("_connect_slot", slot)
 
     def _connect_failed(self, slot: int, exc: BaseException) -> None:
         msg = self._scrubber.scrub(str(exc).strip() or type(exc).__name__)
@@ -550,17 +675,25 @@ class PoolPolicy:
         with self._lock:
             self._connections_errors += 1
             self._last_error = msg
-            if self._fail_since is None:
+            gave_up_already = self._gave_up
+            if gave_up_already:
+                pass  # an attempt that was in flight when we gave up: no new streak
+            elif self._fail_since is None:
                 self._fail_since = now
-            self._delay = BACKOFF_INITIAL if not self._delay else min(self._delay * 2, BACKOFF_MAX)
-            delay = self._delay * (1 + BACKOFF_JITTER * (2 * random.random() - 1))
-            self._next_attempt = now + delay
-            if now - self._fail_since >= self._reconnect_timeout:
-                give_up = True
+                self._give_up_at = now + self._reconnect_timeout
+            if not gave_up_already and now >= self._give_up_at:
+                give_up = self._gave_up = True
                 self._fail_since = None
+                self._give_up_at = math.inf
                 self._delay = 0.0
+            elif not gave_up_already:
+                self._delay = BACKOFF_INITIAL if not self._delay else min(self._delay * 2, BACKOFF_MAX)
+                delay = self._delay * (1 + BACKOFF_JITTER * (2 * random.random() - 1))
+                # The last attempt is made at the deadline itself, so reconnect_failed fires
+                # on time rather than up to one backoff step late.
+                self._next_attempt = min(now + delay, self._give_up_at)
         logger.warning("pool %r: connection attempt failed: %s", self.name, msg)
-        if give_up or self._core_closed() or not self._still_wanted():
+        if give_up or gave_up_already or self._core_closed() or not self._still_wanted():
             self._fill_failed(slot)
             if give_up:
                 logger.error("pool %r: could not reconnect for %g s; giving up",
@@ -571,15 +704,30 @@ class PoolPolicy:
                     except Exception:
                         logger.exception("pool %r: reconnect_failed callback raised", self.name)
             return
-        self._workers.schedule_at(self._next_attempt, self._connect_slot, slot)
+        self._submit_at(self._next_attempt, "_connect_slot", slot)
 
     def _new_connection(self) -> Any:
         _green.ensure_wait_callback(self._green)
+        with self._lock:
+            self._connections_num += 1  # attempts, failed ones included (psycopg_pool's meaning)
         conninfo = self._conninfo() if callable(self._conninfo) else self._conninfo
         if callable(self._conninfo):
             self._scrubber.learn(conninfo)
         t0 = monotonic()
         conn = self._connect_fn(conninfo, **self._kwargs)
+        if conn is None or not callable(getattr(conn, "cursor", None)) or not callable(
+            getattr(conn, "close", None)
+        ):
+            close = getattr(conn, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    pass
+            raise PoolError(
+                f"connect returned {type(conn).__name__}, not a DB-API connection (with cursor() "
+                f"and close()); connect must return a connection or raise"
+            )
         try:
             if self._configure is not None:
                 self._configure(conn)
@@ -598,7 +746,6 @@ class PoolPolicy:
             raise
         took = monotonic() - t0
         with self._lock:
-            self._connections_num += 1
             self._connections_time += took
         hook = self._created_hook
         if hook is not None:
@@ -648,7 +795,7 @@ class PoolPolicy:
             if self._leak_timeout is not None:
                 self._scan_leaks(now)
         finally:
-            self._timers.schedule(self._maintenance_interval(), self._maintain)
+            self._schedule_maintenance(self._maintenance_interval())
 
     def _maintenance_interval(self) -> float:
         interval = MAINTENANCE_INTERVAL
@@ -687,10 +834,11 @@ class PoolPolicy:
 
     # -- administration --------------------------------------------------------------------------
     def resize(self, min_size: int, max_size: Optional[int] = None) -> None:
-        """Change the bounds. Shrinking closes excess idle connections now and borrowed ones as
-        they come back; growing serves waiters at once."""
+        """Change the bounds; ``max_size=None`` means ``max_size = min_size``, as in psycopg_pool.
+        Shrinking closes excess idle connections now and borrowed ones as they come back;
+        growing serves waiters at once."""
         if max_size is None:
-            max_size = max(min_size, self._counts()["max"])
+            max_size = min_size
         _check_sizes(min_size, max_size)
         self._min = min_size
         self._set_max(max_size)
@@ -710,8 +858,8 @@ class PoolPolicy:
         self._ensure_min()
 
     def drain(self) -> None:
-        """Replace every connection: idle ones now, borrowed ones when returned (e.g. after a
-        failover or a credential rotation)."""
+        """Replace every connection: idle ones now, borrowed ones when returned, those still
+        connecting as soon as they connect (e.g. after a failover or a credential rotation)."""
         self._bump_generation()
         for slot, conn in self._take_all_idle():
             self._retire(slot, conn)
@@ -767,6 +915,22 @@ class PoolPolicy:
     @property
     def timeout(self) -> float:
         return self._timeout
+
+    @property
+    def max_waiting(self) -> int:
+        return self._max_waiting
+
+    @property
+    def max_lifetime(self) -> float:
+        return self._max_lifetime
+
+    @property
+    def max_idle(self) -> float:
+        return self._max_idle
+
+    @property
+    def reconnect_timeout(self) -> float:
+        return self._reconnect_timeout
 
     def __repr__(self) -> str:
         c = self._counts()

@@ -45,12 +45,11 @@ def probes_for(conn: Any, defaults: Dict[str, Any], restore: bool) -> Tuple[Prob
     ``restore``: session characteristics must match ``defaults`` (one flag read for the
     connection classes of :mod:`fastpool.tracking`, one read per attribute otherwise).
     """
-    probes = []
-    if hasattr(conn, "get_transaction_status"):
-        # Also covers "closed": psycopg2 reports UNKNOWN for a closed connection.
-        probes.append(("get_transaction_status", IDLE, True))
-    elif hasattr(conn, "closed"):
-        probes.append(("closed", 0, False))
+    # Always, even if this (first) connection lacks it: the probes serve every later
+    # connection, and one of those may be mid-transaction. On a connection without it the
+    # probe fails, so its returns take the slow path (reset_connection). Also covers
+    # "closed": psycopg2 reports UNKNOWN for a closed connection.
+    probes = [("get_transaction_status", IDLE, True)]
     if restore:
         if hasattr(conn, DIRTY):
             probes.append((DIRTY, False, False))

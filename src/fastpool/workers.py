@@ -143,7 +143,10 @@ class Workers:
                     continue
                 try:
                     fn(*args)
-                except Exception:  # a background task must never kill its thread
+                except BaseException:
+                    # A background task must never kill its thread, not even with a
+                    # BaseException raised by user code it runs (a reset or conninfo callable's
+                    # CancelledError or SystemExit): the pool would be left a thread short.
                     logger.exception("fastpool %s: background task %r failed", self._name, fn)
                 fn = args = None
         finally:
