@@ -21,8 +21,11 @@
 # * Runs the sdist's tests/runtests.py with --settings=settings_fastpool (settings_stock with
 #   --stock), --noinput, -v1 and --parallel 2 unless told otherwise; PYTHONPATH is this
 #   directory (settings), then the caller's PYTHONPATH, then the repo root (django_fastpool).
-# * LABELs default to: backends transactions basic queries select_for_update model_fields
-#   delete update get_or_create. --full runs Django's whole suite instead (no labels).
+# * LABELs default to the ones that touch the backend: backends transactions basic queries
+#   select_for_update model_fields delete update get_or_create (queries and transactions through
+#   pooled connections), test_utils test_runner (test databases, cloning, connection patching),
+#   handlers servers db_utils (request boundaries, live-server threads, the connection handler).
+#   --full runs Django's whole suite instead (no labels).
 #
 # Needs fastpool installed in that Python (pip install -e '.[django]') and a PostgreSQL server:
 # FASTPOOL_TEST_DSN (libpq DSN or URL; its dbname is ignored) or host=127.0.0.1 port=5432
@@ -64,7 +67,8 @@ if [ "$full" = 1 ] && [ ${#labels[@]} -gt 0 ]; then
     exit 2
 fi
 if [ ${#labels[@]} -eq 0 ] && [ "$full" = 0 ]; then
-    labels=(backends transactions basic queries select_for_update model_fields delete update get_or_create)
+    labels=(backends transactions basic queries select_for_update model_fields delete update get_or_create
+            test_utils test_runner handlers servers db_utils)
 fi
 
 ver="$("$PYTHON" -c 'import django; print(django.__version__)')" || {
