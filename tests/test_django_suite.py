@@ -55,7 +55,10 @@ REGRESSIONS = {
 @pytest.mark.slow
 def test_django_tests_that_once_differed_pass(dsn: str) -> None:
     env = {**os.environ, "PYTHON": sys.executable, "FASTPOOL_TEST_DSN": dsn,
-           "FASTPOOL_DJANGO_NAME": os.environ.get("FASTPOOL_DJANGO_NAME", "django_fp") + "_regr"}
+           "FASTPOOL_DJANGO_NAME": os.environ.get("FASTPOOL_DJANGO_NAME", "django_fp") + "_regr",
+           # hold="transaction" (the default) declares the first of these inapplicable (it gives
+           # the connection back between queries): the recursion is checked with "request".
+           "FASTPOOL_DJANGO_HOLD": "request"}
     proc = subprocess.run(
         ["bash", str(SCRIPT), "--parallel", "2", "-v2", *REGRESSIONS],
         env=env, capture_output=True, text=True, timeout=600,
