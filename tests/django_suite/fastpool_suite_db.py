@@ -45,9 +45,12 @@ def databases(engine: str, name: str, options: Dict[str, Any]) -> Dict[str, Dict
 
 
 # As Django's tests/test_sqlite.py.
-COMMON = {
+COMMON: Dict[str, Any] = {
     "SECRET_KEY": "django_tests_secret_key",
     "PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"],
     "DEFAULT_AUTO_FIELD": "django.db.models.AutoField",
     "USE_TZ": False,
 }
+# compare.sh: record every test's outcome (runtests.py keeps a TEST_RUNNER the settings set).
+if os.environ.get("FASTPOOL_DJANGO_OUTCOMES"):
+    COMMON["TEST_RUNNER"] = "fastpool_suite_runner.OutcomeRecordingRunner"

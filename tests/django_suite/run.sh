@@ -2,7 +2,7 @@
 # Run Django's OWN test suite against ENGINE "django_fastpool" (or, for comparison, Django's stock
 # PostgreSQL backend on psycopg2).
 #
-#   tests/django_suite/run.sh [--stock] [--parallel N] [runtests.py options...] [LABEL...]
+#   tests/django_suite/run.sh [--stock] [--full] [--parallel N] [runtests.py options...] [LABEL...]
 #                             [-- anything passed to runtests.py verbatim]
 #
 # runtests.py options that take a value must be attached (-kpattern, --exclude-tag=slow) or go
@@ -21,8 +21,11 @@
 # * Runs the sdist's tests/runtests.py with --settings=settings_fastpool (settings_stock with
 #   --stock), --noinput, -v1 and --parallel 2 unless told otherwise; PYTHONPATH is this
 #   directory (settings), then the caller's PYTHONPATH, then the repo root (django_fastpool).
-# * LABELs default to: backends transactions basic queries select_for_update model_fields
-#   delete update get_or_create.
+# * LABELs default to the ones that touch the backend: backends transactions basic queries
+#   select_for_update model_fields delete update get_or_create (queries and transactions through
+#   pooled connections), test_utils test_runner (test databases, cloning, connection patching),
+#   handlers servers db_utils (request boundaries, live-server threads, the connection handler).
+#   --full runs Django's whole suite instead (no labels).
 #
 # Needs fastpool installed in that Python (pip install -e '.[django]') and a PostgreSQL server:
 # FASTPOOL_TEST_DSN (libpq DSN or URL; its dbname is ignored) or host=127.0.0.1 port=5432
@@ -42,10 +45,12 @@ settings=settings_fastpool
 parallel="${DJANGO_SUITE_PARALLEL:-2}"
 passthrough=()
 labels=()
+full=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --stock) settings=settings_stock ;;
         --fastpool) settings=settings_fastpool ;;
+        --full) full=1 ;;
         --settings) settings="$2"; shift ;;
         --settings=*) settings="${1#--settings=}" ;;
         --parallel) parallel="$2"; shift ;;
@@ -57,8 +62,13 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-if [ ${#labels[@]} -eq 0 ]; then
-    labels=(backends transactions basic queries select_for_update model_fields delete update get_or_create)
+if [ "$full" = 1 ] && [ ${#labels[@]} -gt 0 ]; then
+    echo "django_suite: --full runs every test; give either --full or labels" >&2
+    exit 2
+fi
+if [ ${#labels[@]} -eq 0 ] && [ "$full" = 0 ]; then
+    labels=(backends transactions basic queries select_for_update model_fields delete update get_or_create
+            test_utils test_runner handlers servers db_utils)
 fi
 
 ver="$("$PYTHON" -c 'import django; print(django.__version__)')" || {
@@ -124,12 +134,12 @@ except psycopg2.Error as e:
     sys.exit(2)
 EOF
 
-echo "django_suite: Django $ver, $settings, --parallel $parallel, labels: ${labels[*]}"
+echo "django_suite: Django $ver, $settings, --parallel $parallel, labels: ${labels[*]:-(full suite)}"
 cd "$src/tests"
 start=$SECONDS
 rc=0
 PYTHONPATH="$pypath" "$PYTHON" runtests.py \
     --settings="$settings" --parallel="$parallel" --noinput -v1 \
-    "${passthrough[@]}" "${labels[@]}" </dev/null || rc=$?
+    ${passthrough[@]+"${passthrough[@]}"} ${labels[@]+"${labels[@]}"} </dev/null || rc=$?
 echo "django_suite: $settings finished in $((SECONDS - start))s with exit code $rc"
 exit "$rc"

@@ -14,7 +14,9 @@ globals().update(COMMON)
 DATABASES = databases(
     "django_fastpool",
     os.environ.get("FASTPOOL_DJANGO_NAME", "django_fp"),
-    {"pool": {"max_size": int(os.environ.get("FASTPOOL_DJANGO_POOL_MAX", "4"))}},
+    {"pool": {"max_size": int(os.environ.get("FASTPOOL_DJANGO_POOL_MAX", "4")),
+              # FASTPOOL_DJANGO_HOLD: OPTIONS["pool"]["hold"] ("request" or "transaction")
+              **({"hold": os.environ["FASTPOOL_DJANGO_HOLD"]} if os.environ.get("FASTPOOL_DJANGO_HOLD") else {})}},
 )
 
 # The 5 tests of behaviour django_fastpool replaces by design (persistent connections under
