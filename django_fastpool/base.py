@@ -173,12 +173,12 @@ class _CountedCursorDebugWrapper(holding.Counted, getattr(pg_base, "CursorDebugW
     pass
 
 
-def _return_orphan(pool_ref: "weakref.ref[Any]", conn: Any) -> None:
+def _return_orphan(pool_ref: "weakref.ref[Any]", conn: Any, token: int) -> None:
     """Finalizer of a DatabaseWrapper whose thread/greenlet ended without closing its connection."""
     pool = pool_ref()
     if pool is None:
         return
-    pool._return_later(conn)
+    pool._return_later(conn, token)
 
 
 class DatabaseWrapper(pg_base.DatabaseWrapper):
@@ -205,6 +205,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         self._fastpool_connecting = False
         self._fastpool_finalizer: Optional[weakref.finalize] = None
         self._fastpool_owner: Any = None
+        self._fastpool_token = 0  # the pool's hold token for self.connection (see Pool._hold)
         self._fastpool_pid = 0
         max_age = self.settings_dict.get("CONN_MAX_AGE", 0)
         if max_age != 0 and alias != NO_DB_ALIAS and alias not in _warned_max_age:
@@ -329,11 +330,19 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         pool = self._pool_for(conn_params)
         conn = pool.getconn()
         self._fastpool_cursors = 0
+        try:
+            # Held: only this wrapper's _close() can give it back, so a stray pool.putconn() of
+            # it -- or of a connection a previous request returned -- raises PoolMisuse.
+            token = pool._hold(conn)
+        except BaseException:
+            pool.putconn(conn)
+            raise
         self._fastpool_owner = pool
+        self._fastpool_token = token
         self._fastpool_pid = os.getpid()
         # If this wrapper is dropped without close() (its thread or greenlet ended), the
         # finalizer gives the connection back instead of leaving it checked out.
-        self._fastpool_finalizer = weakref.finalize(self, _return_orphan, weakref.ref(pool), conn)
+        self._fastpool_finalizer = weakref.finalize(self, _return_orphan, weakref.ref(pool), conn, token)
         return conn
 
     def init_connection_state(self) -> None:
@@ -344,11 +353,12 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
     def _close(self) -> None:
         if self.connection is None:
             return
-        conn, pool = self.connection, self._fastpool_owner
+        conn, pool, token = self.connection, self._fastpool_owner, self._fastpool_token
         if self._fastpool_finalizer is not None:
             self._fastpool_finalizer.detach()
             self._fastpool_finalizer = None
         self._fastpool_owner = None
+        self._fastpool_token = 0
         if pool is None:  # the maintenance alias or pooling off: a plain connection
             with self.wrap_database_errors:
                 return conn.close()
@@ -359,7 +369,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             # the parent's socket in this process; it is not this process's pool's to take.
             return
         with self.wrap_database_errors:
-            pool.putconn(conn)
+            pool._putconn_held(conn, token)
 
     # -- hold="transaction": give the connection back between transactions (holding.py) -------
     def connect(self) -> None:

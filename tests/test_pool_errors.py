@@ -269,7 +269,7 @@ def test_putconn_foreign_connection(make_pool):
     pool_b = make_pool(min_size=1, max_size=2, name="fp-b")
     conn = pool_a.getconn(timeout=10)
     try:
-        with pytest.raises(fastpool.PoolError):
+        with pytest.raises(fastpool.PoolMisuse):
             pool_b.putconn(conn)
         assert not conn.closed
         # pool_b unaffected
@@ -285,7 +285,7 @@ def test_putconn_unpooled_connection(make_pool, dsn):
     pool = make_pool(min_size=1, max_size=2)
     stranger = psycopg2.connect(dsn)
     try:
-        with pytest.raises(fastpool.PoolError):
+        with pytest.raises(fastpool.PoolMisuse):
             pool.putconn(stranger)
         assert not stranger.closed
     finally:
@@ -298,7 +298,7 @@ def test_putconn_twice(make_pool):
     pool = make_pool(min_size=1, max_size=2)
     conn = pool.getconn(timeout=10)
     pool.putconn(conn)
-    with pytest.raises(fastpool.PoolError):
+    with pytest.raises(fastpool.PoolMisuse):
         pool.putconn(conn)
     assert_consistent(pool)
     st = pool.stats()

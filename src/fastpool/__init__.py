@@ -38,7 +38,7 @@ from .dbapi import (
     pool_for,
     threadsafety,
 )
-from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .errors import PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
 from .metrics import prometheus_text
 from .pool import Pool, pool_class
 
@@ -50,6 +50,7 @@ __all__ = [
     "PoolTimeout",
     "PoolClosed",
     "TooManyRequests",
+    "PoolMisuse",
     "pool_class",
     "prometheus_text",
     "__impl__",

@@ -19,6 +19,7 @@ cdef class Waiter:
     cdef public int state
     cdef public object conn
     cdef public object wake
+    cdef public double idle
     cdef object __weakref__
 
 
@@ -31,6 +32,8 @@ cdef class Core:
     cdef double *_checkout
     cdef long *_gen
     cdef Py_ssize_t *_keys
+    cdef long *_holder           # token of the wrapper holding the borrow (0: none)
+    cdef long _leases            # last token handed out by _hold
     cdef list _conns
     cdef list _wrefs
     # free list: ring buffer of slot numbers
@@ -78,6 +81,8 @@ cdef class Core:
     cdef void _set_free_list(self, list slots)
     cdef int _grow_capacity(self, int capacity) except -1
     cdef object _held(self, int slot)
+    cdef int _borrowed_slot(self, object conn, str what) except -1
+    cdef int _put(self, int slot, object conn) except -1
     cdef object _try_get_c(self, object timeout, double *spent)
     cdef inline void _checkout_slot(self, int slot, double t)
     cdef Waiter _restore_slot(self, int slot, double t)

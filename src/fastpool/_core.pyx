@@ -12,7 +12,8 @@ transitions, on a slot the caller owns (IN_USE or RESERVED). The states stay exp
 same invariants could be kept with C atomics on a free-threaded CPython.
 
 Misuse fails loudly: ``putconn`` of a foreign or already-returned connection raises
-``self.misuse_error`` and changes nothing.
+``self.misuse_error`` and changes nothing. Held borrows (``_hold``/``_putconn_held``): see the
+twin's docstring.
 """
 
 from cpython.mem cimport PyMem_Realloc, PyMem_Free
@@ -64,6 +65,7 @@ cdef class Waiter:
         self.state = WAITING
         self.conn = None
         self.wake = wake
+        self.idle = 0.0  # see the twin's Waiter.idle
 
 
 cdef class _DeadCallback:
@@ -92,6 +94,8 @@ cdef class Core:
         self._checkout = NULL
         self._gen = NULL
         self._keys = NULL
+        self._holder = NULL
+        self._leases = 0
         self._free = NULL
         self._conns = []
         self._wrefs = []
@@ -112,6 +116,7 @@ cdef class Core:
         PyMem_Free(self._checkout)
         PyMem_Free(self._gen)
         PyMem_Free(self._keys)
+        PyMem_Free(self._holder)
         PyMem_Free(self._free)
 
     def _core_setup(self, int capacity, lifo=True):
@@ -200,6 +205,7 @@ cdef class Core:
         self._checkout = <double *>_realloc(self._checkout, capacity * sizeof(double))
         self._gen = <long *>_realloc(self._gen, capacity * sizeof(long))
         self._keys = <Py_ssize_t *>_realloc(self._keys, capacity * sizeof(Py_ssize_t))
+        self._holder = <long *>_realloc(self._holder, capacity * sizeof(long))
         self._free = <int *>_realloc(self._free, capacity * sizeof(int))
         for i in range(old, capacity):
             self._state[i] = EMPTY
@@ -208,6 +214,7 @@ cdef class Core:
             self._checkout[i] = 0.0
             self._gen[i] = 0
             self._keys[i] = 0
+            self._holder[i] = 0
             self._conns.append(None)
             self._wrefs.append(None)
         self._cap = capacity
@@ -352,13 +359,40 @@ cdef class Core:
     def putconn(self, conn):
         """Return a connection: straight to the first waiter or the free list when it is clean."""
         cdef int slot
-        cdef double t
-        cdef bint slow
-        cdef tuple probe
-        cdef double used
         if self._dead:
             self._drain_dead()
-        slot = -1
+        slot = self._borrowed_slot(conn, "putconn")
+        if self._holder[slot]:
+            raise self.misuse_error(
+                "putconn(): this connection is held by `with pool.connection()`, a "
+                "fastpool.connect() connection or a Django connection; end or close that instead"
+            )
+        self._put(slot, conn)
+
+    def _putconn_held(self, conn, long token):
+        """Return a connection taken with ``_hold`` (by the holder of ``token`` only)."""
+        cdef int slot
+        if self._dead:
+            self._drain_dead()
+        slot = self._borrowed_slot(conn, "putconn")
+        if token <= 0 or self._holder[slot] != token:
+            raise self.misuse_error("putconn(): this connection was already returned to the pool")
+        self._holder[slot] = 0
+        self._put(slot, conn)
+
+    def _hold(self, conn):
+        """Mark a connection the caller just borrowed as held by one wrapper: returns the token
+        that ``_putconn_held`` needs; a bare ``putconn`` of it raises until then."""
+        cdef int slot = self._borrowed_slot(conn, "hold")
+        if self._holder[slot]:
+            raise self.misuse_error("this connection is already held by another wrapper")
+        self._leases += 1
+        self._holder[slot] = self._leases
+        return self._leases
+
+    cdef int _borrowed_slot(self, object conn, str what) except -1:
+        # The slot of a borrowed (IN_USE) connection of this pool, or misuse_error.
+        cdef int slot = -1
         if self._slot_attr is not None:
             # The pool's own connection class carries its slot number: an attribute read
             # instead of an address -> slot lookup (a PyLong and a dict probe). It is only a
@@ -371,9 +405,18 @@ cdef class Core:
         if slot < 0:
             slot = self._slot_of.get(<Py_ssize_t><void *>conn, -1)
         if slot < 0 or self._held(slot) is not conn:
-            raise self.misuse_error("putconn(): this connection does not belong to this pool")
+            raise self.misuse_error(f"{what}(): this connection does not belong to this pool")
         if self._state[slot] != IN_USE:
-            raise self.misuse_error("putconn(): this connection was already returned to the pool")
+            raise self.misuse_error(f"{what}(): this connection was already returned to the pool")
+        return slot
+
+    cdef int _put(self, int slot, object conn) except -1:
+        # The return proper; the caller checked that ``slot`` holds ``conn`` IN_USE and ran no
+        # Python code since.
+        cdef double t
+        cdef bint slow
+        cdef tuple probe
+        cdef double used
         # Transition IN_USE -> RESERVED: from here the slot is ours until restored or released.
         self._state[slot] = RESERVED
         self._conns[slot] = conn
@@ -428,6 +471,16 @@ cdef class Core:
         # (check and call are adjacent C statements: no other thread can unset it in between)
         if self._use_hook is not None:
             self._use_hook(used)
+        return 0
+
+    def _unborrow(self, int slot, conn):
+        """IN_USE -> RESERVED for the policy (a handed-over connection that failed its check):
+        the caller retires it. False if the slot does not hold ``conn`` in use."""
+        if self._state[slot] != IN_USE or self._held(slot) is not conn or self._holder[slot]:
+            return False
+        self._state[slot] = RESERVED
+        self._conns[slot] = conn
+        return True
 
     # -- transitions used by the policy layer --------------------------------------------------
     def _restore(self, int slot):
@@ -450,6 +503,7 @@ cdef class Core:
                 continue  # cancelled or closed: lazily dropped here
             w.state = HANDED
             w.conn = self._conns[slot]
+            w.idle = _clock() - t  # > 0 only when restored untested (see _try_get_c)
             self._nwaiting -= 1
             self._checkout_slot(slot, t)
             return w
@@ -499,6 +553,7 @@ cdef class Core:
         if self._slot_of.get(self._keys[slot], -1) == slot:
             del self._slot_of[self._keys[slot]]
         self._keys[slot] = 0
+        self._holder[slot] = 0
         self._state[slot] = EMPTY
         self._conns[slot] = None
         self._wrefs[slot] = None
@@ -578,6 +633,7 @@ cdef class Core:
         # One connect in flight has ended: if waiters are still uncovered, the next starts.
         grow = self._grow_slots()
         if w is not None:
+            w.idle = -1.0  # new: the policy checked it when it made it, if it checks new ones
             w.wake()
         self._dispatch_grow(grow)
         return True
@@ -720,6 +776,7 @@ cdef class Core:
             self._conns[i] = None
             self._wrefs[i] = None
             self._keys[i] = 0
+            self._holder[i] = 0
             self._expiry[i] = INFINITY
         self._slot_of = {}
         self._waiters = deque()

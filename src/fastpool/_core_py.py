@@ -34,6 +34,15 @@ transitions, on a slot the caller owns (IN_USE or RESERVED), never inside one.
 
 Misuse fails loudly: returning a connection that is not from this pool, or one
 already returned, raises ``self.misuse_error``.
+
+Held borrows. A bare ``putconn(conn)`` names only the connection object, so a
+stale second ``putconn`` by A after B borrowed the same connection looks exactly
+like B's own. A wrapper that owns one borrow (``with pool.connection()``, a
+DB-API connection, a Django connection) therefore *holds* it: ``_hold(conn)``
+records a fresh token in the slot's ``holder`` and ``_putconn_held(conn, token)``
+is the only way to return it. While a slot is held, a bare ``putconn`` raises,
+and a token from an earlier borrow never matches a later one. The fast path pays
+one integer compare in ``putconn``; ``getconn`` is unchanged.
 """
 
 from __future__ import annotations
@@ -65,12 +74,16 @@ COMPACT_SLACK = 64
 class Waiter:
     """One blocked getconn. ``wake`` is the policy's primitive (thread lock or greenlet)."""
 
-    __slots__ = ("state", "conn", "wake", "__weakref__")
+    __slots__ = ("state", "conn", "wake", "idle", "__weakref__")
 
     def __init__(self, wake: Callable[[], Any]) -> None:
         self.state = WAITING
         self.conn: Any = None
         self.wake = wake
+        #: once HANDED: seconds since the connection last proved itself (returned clean, reset
+        #: or checked); -1.0 for a new connection the policy already checked when it made it.
+        #: The policy's health check decides from it, as for an idle connection.
+        self.idle = 0.0
 
 
 class Core:
@@ -90,6 +103,8 @@ class Core:
         self._checkout: List[float] = []
         self._gen: List[int] = []
         self._keys: List[int] = []  # id() of each slot's connection, the key of _slot_of
+        self._holder: List[int] = []  # token of the wrapper holding the borrow (0: none)
+        self._leases = 0  # last token handed out by _hold
         self._free: List[int] = []
         self._fhead = 0
         self._nfree = 0
@@ -202,6 +217,7 @@ class Core:
         self._checkout += [0.0] * extra
         self._gen += [0] * extra
         self._keys += [0] * extra
+        self._holder += [0] * extra
         self._free = [0] * capacity
         self._cap = capacity
         self._set_free_list(order)
@@ -311,29 +327,70 @@ class Core:
         if self._dead:
             self._drain_dead()
         with self._lock:
-            slot = -1
-            if self._slot_attr is not None:
-                hint = getattr(conn, self._slot_attr, None)  # a hint; identity decides below
-                if isinstance(hint, int) and 0 <= hint < self._cap:
-                    slot = hint
-            if slot < 0:
-                slot = self._slot_of.get(id(conn), -1)
-            if slot < 0 or not self._holds(slot, conn):
-                raise self.misuse_error("putconn(): this connection does not belong to this pool")
-            if self._state[slot] != IN_USE:
+            slot = self._borrowed_slot_locked(conn, "putconn")
+            if self._holder[slot]:
+                raise self.misuse_error(
+                    "putconn(): this connection is held by `with pool.connection()`, a "
+                    "fastpool.connect() connection or a Django connection; end or close that instead"
+                )
+            slow, used = self._put_locked(slot, conn)
+        self._put(slot, conn, slow, used)
+
+    def _putconn_held(self, conn: Any, token: int) -> None:
+        """Return a connection taken with :meth:`_hold` (by the holder of ``token`` only)."""
+        if self._dead:
+            self._drain_dead()
+        with self._lock:
+            slot = self._borrowed_slot_locked(conn, "putconn")
+            if token <= 0 or self._holder[slot] != token:
                 raise self.misuse_error("putconn(): this connection was already returned to the pool")
-            self._state[slot] = RESERVED
-            self._conns[slot] = conn
-            t = now()
-            used = t - self._checkout[slot]
-            self._usage += used
-            slow = (
-                self._always_slow
-                or self._closed
-                or t >= self._expiry[slot]
-                or self._gen[slot] != self._generation
-                or self._size > self._max
-            )
+            self._holder[slot] = 0
+            slow, used = self._put_locked(slot, conn)
+        self._put(slot, conn, slow, used)
+
+    def _hold(self, conn: Any) -> int:
+        """Mark a connection the caller just borrowed as held by one wrapper: returns the token
+        that :meth:`_putconn_held` needs; a bare ``putconn`` of it raises until then."""
+        with self._lock:
+            slot = self._borrowed_slot_locked(conn, "hold")
+            if self._holder[slot]:
+                raise self.misuse_error("this connection is already held by another wrapper")
+            self._leases += 1
+            self._holder[slot] = self._leases
+            return self._leases
+
+    def _borrowed_slot_locked(self, conn: Any, what: str) -> int:
+        slot = -1
+        if self._slot_attr is not None:
+            hint = getattr(conn, self._slot_attr, None)  # a hint; identity decides below
+            if isinstance(hint, int) and 0 <= hint < self._cap:
+                slot = hint
+        if slot < 0:
+            slot = self._slot_of.get(id(conn), -1)
+        if slot < 0 or not self._holds(slot, conn):
+            raise self.misuse_error(f"{what}(): this connection does not belong to this pool")
+        if self._state[slot] != IN_USE:
+            raise self.misuse_error(f"{what}(): this connection was already returned to the pool")
+        return slot
+
+    def _put_locked(self, slot: int, conn: Any) -> Tuple[bool, float]:
+        """IN_USE -> RESERVED: from here the slot is ours until restored or released. Returns
+        (must take the slow path whatever the probes say, seconds the connection was used)."""
+        self._state[slot] = RESERVED
+        self._conns[slot] = conn
+        t = now()
+        used = t - self._checkout[slot]
+        self._usage += used
+        return (
+            self._always_slow
+            or self._closed
+            or t >= self._expiry[slot]
+            or self._gen[slot] != self._generation
+            or self._size > self._max
+        ), used
+
+    def _put(self, slot: int, conn: Any, slow: bool, used: float) -> None:
+        """The rest of a return, on a RESERVED slot: probes, then restore or the slow path."""
         if not slow:
             try:
                 for name, expected, is_call in self._probes:
@@ -377,6 +434,7 @@ class Core:
                 continue  # cancelled or closed: lazily dropped here
             w.state = HANDED
             w.conn = self._conns[slot]
+            w.idle = now() - t  # > 0 only when restored untested (see _try_get)
             self._nwaiting -= 1
             self._checkout_locked(slot, t)
             return w
@@ -396,6 +454,7 @@ class Core:
         if self._slot_of.get(self._keys[slot], -1) == slot:
             del self._slot_of[self._keys[slot]]
         self._keys[slot] = 0
+        self._holder[slot] = 0
         self._state[slot] = EMPTY
         self._conns[slot] = None
         self._wrefs[slot] = None
@@ -491,12 +550,24 @@ class Core:
                 except (AttributeError, TypeError):
                     pass  # the address map still works
             w = self._restore_locked(slot, now())
+            if w is not None:
+                w.idle = -1.0  # new: the policy checked it when it made it, if it checks new ones
             # One connect in flight has ended: if waiters are still uncovered, the next starts.
             grow = self._grow_slots_locked()
         if w is not None:
             w.wake()
         self._dispatch_grow(grow)
         return True
+
+    def _unborrow(self, slot: int, conn: Any) -> bool:
+        """IN_USE -> RESERVED for the policy (a handed-over connection that failed its check):
+        the caller retires it. False if the slot does not hold ``conn`` in use."""
+        with self._lock:
+            if self._state[slot] != IN_USE or not self._holds(slot, conn) or self._holder[slot]:
+                return False
+            self._state[slot] = RESERVED
+            self._conns[slot] = conn
+            return True
 
     def _fill_failed(self, slot: int) -> None:
         """CONNECTING -> EMPTY after a failed connection attempt (the policy decides on retries)."""
@@ -649,7 +720,7 @@ class Core:
         self._lock = _original.allocate_lock()
         cap, lifo = self._cap, self._lifo
         self._cap = 0
-        self._state, self._conns, self._wrefs = [], [], []
+        self._state, self._conns, self._wrefs, self._holder = [], [], [], []
         self._expiry, self._last_used, self._checkout, self._gen, self._keys = [], [], [], [], []
         self._slot_of = {}
         self._waiters = deque()

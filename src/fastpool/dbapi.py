@@ -135,7 +135,13 @@ def connect(dsn: Optional[str] = None, **kwargs: Any) -> "PooledConnection":
     """
     pool = pool_for(dsn, **kwargs)
     timeout = kwargs.get("timeout")
-    return PooledConnection(pool, pool.getconn(timeout))
+    conn = pool.getconn(timeout)
+    try:
+        token = pool._hold(conn)  # only close() can return it (see Pool.connection)
+    except BaseException:
+        pool.putconn(conn)
+        raise
+    return PooledConnection(pool, conn, token)
 
 
 def close_all() -> None:
@@ -150,11 +156,12 @@ def close_all() -> None:
 class PooledConnection:
     """A psycopg2 connection on loan from a pool (see the module docstring)."""
 
-    __slots__ = ("_pool", "_conn", "_cursors", "__weakref__")
+    __slots__ = ("_pool", "_conn", "_token", "_cursors", "__weakref__")
 
-    def __init__(self, pool: Any, conn: Any) -> None:
+    def __init__(self, pool: Any, conn: Any, token: int = 0) -> None:
         object.__setattr__(self, "_pool", pool)
         object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_token", token)
         object.__setattr__(self, "_cursors", weakref.WeakSet())
 
     def _live(self) -> Any:
@@ -178,7 +185,13 @@ class PooledConnection:
                 conn.rollback()
         except Exception:
             pass  # a broken connection: putconn discards it
-        self._pool.putconn(conn)
+        self._put(conn)
+
+    def _put(self, conn: Any) -> None:
+        if self._token:
+            self._pool._putconn_held(conn, self._token)
+        else:
+            self._pool.putconn(conn)
 
     def _close_cursors(self) -> None:
         for cur in list(self._cursors):
@@ -248,7 +261,7 @@ class PooledConnection:
             # Dropped without close(): close its cursors and return it from a worker (a
             # finalizer must not do network I/O itself).
             self._close_cursors()
-            self._pool._return_later(conn)
+            self._pool._return_later(conn, self._token)
 
     def __repr__(self) -> str:
         state = "closed" if self._conn is None else "open"

@@ -5,11 +5,11 @@ already catches ``psycopg2.OperationalError`` or ``psycopg2.Error`` around datab
 catches a pool that could not supply a connection.
 """
 
-from psycopg2 import OperationalError
+from psycopg2 import InterfaceError, OperationalError
 
 
 class PoolError(OperationalError):
-    """Base class of every error raised by the pool itself (including putconn misuse)."""
+    """Base class of the pool's *operational* errors: it could not supply a connection (now)."""
 
 
 class PoolTimeout(PoolError):
@@ -24,4 +24,16 @@ class TooManyRequests(PoolError):
     """More than ``max_waiting`` callers are already waiting."""
 
 
-__all__ = ["PoolError", "PoolTimeout", "PoolClosed", "TooManyRequests"]
+class PoolMisuse(InterfaceError):
+    """The pool was used wrongly: ``putconn`` of a connection that is not from this pool, or was
+    already returned, or is held by someone else (``with pool.connection()``, a
+    ``fastpool.connect()`` connection, a Django connection).
+
+    A programming error, not a database condition: deliberately *not* an ``OperationalError``
+    (nor a :class:`PoolError`), so code that retries on ``OperationalError`` does not retry a
+    bug. It is a ``psycopg2.InterfaceError`` (PEP 249: an error of the interface, not of the
+    database), so ``except psycopg2.Error`` still sees it.
+    """
+
+
+__all__ = ["PoolError", "PoolTimeout", "PoolClosed", "TooManyRequests", "PoolMisuse"]

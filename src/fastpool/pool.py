@@ -36,7 +36,7 @@ import psycopg2
 
 from . import _impl, _original, fork, green as _green, health, reset as _reset, timings
 from .conninfo import ConnInfo, Scrubber, describe, validate_conninfo
-from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .errors import PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
 from . import tracking
 from .tracking import tracked_class
 from .workers import Workers
@@ -54,6 +54,9 @@ BACKOFF_MAX = 2.0
 BACKOFF_JITTER = 0.1
 #: seconds between maintenance runs (expiry, max_idle, min_size refill, leak scan).
 MAINTENANCE_INTERVAL = 1.0
+#: seconds a waiter's check of a connection handed straight to it may take even when the
+#: waiter's own deadline is closer (see _check_handoff).
+HANDOFF_CHECK_MIN = 1.0
 #: libpq connect_timeout (seconds) used when neither conninfo nor kwargs set one: a connect to a
 #: black-holed host must not hold a worker forever.
 DEFAULT_CONNECT_TIMEOUT = 10
@@ -156,21 +159,33 @@ def _call_weakly(ref: "weakref.ref[Any]", method: str, *args: Any) -> None:
 
 
 class _Borrow:
-    """``with pool.connection() as conn``: commit on success, rollback on error, always return."""
+    """``with pool.connection() as conn``: commit on success, rollback on error, always return.
 
-    __slots__ = ("_pool", "_timeout", "_conn")
+    The borrow is *held* (see the core's ``_hold``): a ``pool.putconn(conn)`` inside the block
+    raises ``PoolMisuse``, and the block's own return can never give back a later borrower's
+    connection."""
+
+    __slots__ = ("_pool", "_timeout", "_conn", "_token")
 
     def __init__(self, pool: "PoolPolicy", timeout: Optional[float]) -> None:
         self._pool = pool
         self._timeout = timeout
         self._conn: Any = None
+        self._token = 0
 
     def __enter__(self) -> Any:
-        self._conn = self._pool.getconn(self._timeout)
-        return self._conn
+        conn = self._pool.getconn(self._timeout)
+        try:
+            self._token = self._pool._hold(conn)
+        except BaseException:
+            self._pool.putconn(conn)
+            raise
+        self._conn = conn
+        return conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         conn, self._conn = self._conn, None
+        token, self._token = self._token, 0
         try:
             if not getattr(conn, "closed", False):
                 if exc_type is None:
@@ -181,7 +196,7 @@ class _Borrow:
                     except Exception:
                         pass  # the original error matters more; putconn discards a broken conn
         finally:
-            self._pool.putconn(conn)
+            self._pool._putconn_held(conn, token)
 
 
 class PoolPolicy:
@@ -268,6 +283,7 @@ class PoolPolicy:
         self._reset_mode = reset
         self._check_after_option = check_after  # idle seconds before the vet runs
         self._vet_fn = vet
+        self._check_name = repr(check) if isinstance(check, str) or check is None else "<callable>"
         self._leak_timeout = leak_timeout
         self._green = green
         self.name: str = name or f"pool-{next(_counter)}"
@@ -490,6 +506,10 @@ class PoolPolicy:
                 self.putconn(conn)
             raise
         conn = self._claim(waiter)
+        if conn is not None and not self._check_handoff(conn, waiter.idle, deadline):
+            # Discarded; a replacement is on its way (the discard freed a slot): wait again for
+            # what is left of the caller's time.
+            return self._on_miss(timeout, monotonic() - start)
         # psycopg_pool's meaning: every wait counts, also those that end in a timeout.
         waited = monotonic() - start
         self._requests_wait += waited
@@ -515,22 +535,26 @@ class PoolPolicy:
         c = self._counts()
         return c["size"] >= c["max"]
 
-    def _return_later(self, conn: Any) -> None:
+    def _return_later(self, conn: Any, token: int = 0) -> None:
         """Return ``conn`` from a finalizer: it may run anywhere, even while this thread holds
         one of our locks, so take none: queue it (a deque append is atomic) and ask a worker to
-        drain the queue if that can be done without blocking; otherwise the next tick does."""
-        self._orphans.append(conn)
+        drain the queue if that can be done without blocking; otherwise the next tick does.
+        ``token``: the wrapper's hold token (see ``_hold``), 0 for a bare borrow."""
+        self._orphans.append((conn, token))
         self._workers.try_submit(_call_weakly, self._weakself, "_drain_orphans")
 
     def _drain_orphans(self) -> None:
         while self._orphans:
             try:
-                conn = self._orphans.popleft()
+                conn, token = self._orphans.popleft()
             except IndexError:
                 return
             try:
-                self.putconn(conn)
-            except PoolError:
+                if token:
+                    self._putconn_held(conn, token)
+                else:
+                    self.putconn(conn)
+            except PoolMisuse:
                 pass  # already returned, or not ours any more: nothing to give back
 
     def _on_tick(self) -> None:
@@ -544,9 +568,49 @@ class PoolPolicy:
 
     # -- health ----------------------------------------------------------------------------------
     def _vet(self, conn: Any, idle: float, remaining: float) -> bool:
+        """The health check before a hand-out (the core calls it for idle connections,
+        ``_check_handoff`` for direct handoffs). False: the caller discards the connection."""
         if self._vet_fn is None:
             return True
-        return self._vet_fn(conn, idle, functools.partial(self._guarded, limit=remaining))
+        ok = self._vet_fn(conn, idle, functools.partial(self._guarded, limit=remaining))
+        if not ok:
+            logger.warning("pool %r: discarding a connection that failed its health check (check=%s)",
+                           self.name, self._check_name)
+        return ok
+
+    def _check_handoff(self, conn: Any, idle: float, deadline: float) -> bool:
+        """The same check for a connection handed straight to this waiter (``idle``: seconds
+        since it last proved itself; -1 for a new one, already checked in ``_new_connection``).
+        False: it failed, and was discarded."""
+        if self._vet_fn is None or idle < 0 or idle < self._check_after_option:
+            return True  # "auto": handed over straight from a return, it has just proved itself
+        slot = self._slot_for(conn)
+        # The waiter was served in time; its check may overrun the caller's deadline a little
+        # rather than have a healthy connection discarded because the clock ran out.
+        remaining = max(deadline - monotonic(), HANDOFF_CHECK_MIN)
+        try:
+            ok = self._vet(conn, idle, remaining)
+        except BaseException:
+            # Interrupted (greenlet kill, KeyboardInterrupt): never strand the slot.
+            if self._unborrow(slot, conn):
+                self._retire(slot, conn)
+            raise
+        if ok:
+            return True
+        self._count_lost()
+        if self._unborrow(slot, conn):
+            self._retire(slot, conn)
+        return False
+
+    def _check_new(self, conn: Any) -> None:
+        """``check="ping"`` or a callable: a new connection is checked before anyone gets it. A
+        failure counts as a failed connection attempt (logged, reconnect backoff, named in
+        ``PoolTimeout``), so a check that always fails cannot churn connections. ``"auto"``
+        does not check new ones: the handshake and ``configure`` were the round trip."""
+        if self._vet_fn is None or self._check_after_option > 0:
+            return
+        if not self._vet_fn(conn, 0.0, self._guarded):
+            raise PoolError(f"a new connection failed its health check (check={self._check_name})")
 
     def _default_timeout(self) -> float:
         return self._timeout
@@ -738,6 +802,7 @@ class PoolPolicy:
                 )
             if not self._probes_set:
                 self._adopt_defaults(conn)
+            self._check_new(conn)
         except BaseException:
             try:
                 conn.close()
@@ -853,6 +918,7 @@ class PoolPolicy:
                 if not self._restore(slot):
                     self._retire(slot, conn)
             else:
+                logger.warning("pool %r: discarding an idle connection that failed check()", self.name)
                 self._count_lost()
                 self._retire(slot, conn)
         self._ensure_min()
@@ -956,7 +1022,7 @@ def pool_class(impl: str) -> type:
             {
                 "__module__": "fastpool",
                 "__doc__": PoolPolicy.__doc__,
-                "misuse_error": PoolError,
+                "misuse_error": PoolMisuse,
                 "_Waiter": core.Waiter,
                 "_core_impl": impl,
             },
