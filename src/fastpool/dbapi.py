@@ -43,6 +43,8 @@ from psycopg2 import (  # noqa: F401  (re-exported: the same classes as psycopg2
 from psycopg2.extensions import TRANSACTION_STATUS_INERROR, TRANSACTION_STATUS_INTRANS, make_dsn
 from psycopg2.extensions import cursor as _pg_cursor
 
+from .conninfo import conninfo_problem
+
 apilevel = "2.0"
 #: as psycopg2: threads may share the module and connections (not cursors).
 threadsafety = 2
@@ -83,6 +85,10 @@ def _pooled_cursor_class(base: type) -> type:
 
 
 def _split(dsn: Optional[str], kwargs: Dict[str, Any]) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+    problem = conninfo_problem(dsn) if isinstance(dsn, str) else None
+    if problem is not None:
+        # As psycopg2.connect() would, but without quoting the dsn: it may hold a password.
+        raise ProgrammingError(f"invalid dsn: {problem}")
     # ``timeout`` is how long this one call may wait (connect() passes it to getconn()), not a
     # property of the pool: were it part of the pool's key, each distinct value would make a
     # pool of its own, with its own connections and threads.

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional
 
-from .conninfo import Scrubber, masked_conninfo
+from .conninfo import Scrubber, conninfo_problem, masked_conninfo
 
 __all__ = ["diagnose", "analyze", "format_report", "default_reserve", "DoctorError"]
 
@@ -247,6 +247,10 @@ def diagnose(dsn: str, processes: int, reserve: Optional[int] = None) -> Dict[st
         _check_reserve(reserve)
     import psycopg2
 
+    problem = conninfo_problem(dsn)
+    if problem is not None:
+        # Never handed to libpq, never echoed: its errors would quote pieces of the password.
+        raise DoctorError(f"invalid --dsn: {problem}")
     scrubber = Scrubber()
     scrubber.learn(dsn)
     try:

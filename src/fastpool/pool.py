@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
 import psycopg2
 
 from . import _impl, _original, fork, green as _green, health, reset as _reset, timings
-from .conninfo import ConnInfo, Scrubber, describe, validate_conninfo
+from .conninfo import ConnInfo, Scrubber, conninfo_problem, describe, validate_conninfo
 from .errors import PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
 from . import tracking
 from .tracking import tracked_class
@@ -776,6 +776,10 @@ class PoolPolicy:
             self._connections_num += 1  # attempts, failed ones included (psycopg_pool's meaning)
         conninfo = self._conninfo() if callable(self._conninfo) else self._conninfo
         if callable(self._conninfo):
+            # Checked before libpq sees it: libpq's errors would quote pieces of a bad one.
+            problem = conninfo_problem(conninfo) if isinstance(conninfo, str) else "not a str"
+            if problem is not None:
+                raise PoolError(f"the conninfo callable returned an invalid conninfo: {problem}")
             self._scrubber.learn(conninfo)
         t0 = monotonic()
         conn = self._connect_fn(conninfo, **self._kwargs)
