@@ -249,6 +249,19 @@ def test_close_and_close_all(run: Callable[..., Dict[str, Any]]) -> None:
     assert returned(r["stats_after"])
 
 
+def test_django_connection_is_held(run: Callable[..., Dict[str, Any]]) -> None:
+    """Issue 9.5: a bare ``pool.putconn`` of a Django connection (inside its request, or a stale
+    one after the next request took the same connection) raises PoolMisuse; the requests go on."""
+    r = run("held", pool={"max_size": 1})
+    assert r["inside"] == "PoolMisuse", r
+    assert r["inside_is_operational"] is False
+    assert r["query_after"] == 1
+    assert r["same_object"] is True
+    assert r["stale"] == "PoolMisuse", r
+    assert r["query_after_stale"] == 2
+    assert returned(r["stats_after"])
+
+
 def test_two_aliases_two_pools(run: Callable[..., Dict[str, Any]]) -> None:
     r = run("aliases", pool={"max_size": 2, "hold": "request"}, other={"max_size": 3, "hold": "request"})
     assert r["distinct"] and r["stable"]

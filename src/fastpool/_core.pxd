@@ -81,7 +81,7 @@ cdef class Core:
     cdef void _set_free_list(self, list slots)
     cdef int _grow_capacity(self, int capacity) except -1
     cdef object _held(self, int slot)
-    cdef int _borrowed_slot(self, object conn, str what) except -1
+    cdef int _borrowed_slot(self, object conn) except -1
     cdef int _put(self, int slot, object conn) except -1
     cdef object _try_get_c(self, object timeout, double *spent)
     cdef inline void _checkout_slot(self, int slot, double t)

@@ -361,7 +361,7 @@ cdef class Core:
         cdef int slot
         if self._dead:
             self._drain_dead()
-        slot = self._borrowed_slot(conn, "putconn")
+        slot = self._borrowed_slot(conn)
         if self._holder[slot]:
             raise self.misuse_error(
                 "putconn(): this connection is held by `with pool.connection()`, a "
@@ -374,7 +374,7 @@ cdef class Core:
         cdef int slot
         if self._dead:
             self._drain_dead()
-        slot = self._borrowed_slot(conn, "putconn")
+        slot = self._borrowed_slot(conn)
         if token <= 0 or self._holder[slot] != token:
             raise self.misuse_error("putconn(): this connection was already returned to the pool")
         self._holder[slot] = 0
@@ -383,14 +383,14 @@ cdef class Core:
     def _hold(self, conn):
         """Mark a connection the caller just borrowed as held by one wrapper: returns the token
         that ``_putconn_held`` needs; a bare ``putconn`` of it raises until then."""
-        cdef int slot = self._borrowed_slot(conn, "hold")
+        cdef int slot = self._borrowed_slot(conn)
         if self._holder[slot]:
             raise self.misuse_error("this connection is already held by another wrapper")
         self._leases += 1
         self._holder[slot] = self._leases
         return self._leases
 
-    cdef int _borrowed_slot(self, object conn, str what) except -1:
+    cdef int _borrowed_slot(self, object conn) except -1:
         # The slot of a borrowed (IN_USE) connection of this pool, or misuse_error.
         cdef int slot = -1
         if self._slot_attr is not None:
@@ -405,9 +405,9 @@ cdef class Core:
         if slot < 0:
             slot = self._slot_of.get(<Py_ssize_t><void *>conn, -1)
         if slot < 0 or self._held(slot) is not conn:
-            raise self.misuse_error(f"{what}(): this connection does not belong to this pool")
+            raise self.misuse_error("putconn(): this connection does not belong to this pool")
         if self._state[slot] != IN_USE:
-            raise self.misuse_error(f"{what}(): this connection was already returned to the pool")
+            raise self.misuse_error("putconn(): this connection was already returned to the pool")
         return slot
 
     cdef int _put(self, int slot, object conn) except -1:

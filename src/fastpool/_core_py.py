@@ -327,7 +327,7 @@ class Core:
         if self._dead:
             self._drain_dead()
         with self._lock:
-            slot = self._borrowed_slot_locked(conn, "putconn")
+            slot = self._borrowed_slot_locked(conn)
             if self._holder[slot]:
                 raise self.misuse_error(
                     "putconn(): this connection is held by `with pool.connection()`, a "
@@ -341,7 +341,7 @@ class Core:
         if self._dead:
             self._drain_dead()
         with self._lock:
-            slot = self._borrowed_slot_locked(conn, "putconn")
+            slot = self._borrowed_slot_locked(conn)
             if token <= 0 or self._holder[slot] != token:
                 raise self.misuse_error("putconn(): this connection was already returned to the pool")
             self._holder[slot] = 0
@@ -352,14 +352,14 @@ class Core:
         """Mark a connection the caller just borrowed as held by one wrapper: returns the token
         that :meth:`_putconn_held` needs; a bare ``putconn`` of it raises until then."""
         with self._lock:
-            slot = self._borrowed_slot_locked(conn, "hold")
+            slot = self._borrowed_slot_locked(conn)
             if self._holder[slot]:
                 raise self.misuse_error("this connection is already held by another wrapper")
             self._leases += 1
             self._holder[slot] = self._leases
             return self._leases
 
-    def _borrowed_slot_locked(self, conn: Any, what: str) -> int:
+    def _borrowed_slot_locked(self, conn: Any) -> int:
         slot = -1
         if self._slot_attr is not None:
             hint = getattr(conn, self._slot_attr, None)  # a hint; identity decides below
@@ -368,9 +368,9 @@ class Core:
         if slot < 0:
             slot = self._slot_of.get(id(conn), -1)
         if slot < 0 or not self._holds(slot, conn):
-            raise self.misuse_error(f"{what}(): this connection does not belong to this pool")
+            raise self.misuse_error("putconn(): this connection does not belong to this pool")
         if self._state[slot] != IN_USE:
-            raise self.misuse_error(f"{what}(): this connection was already returned to the pool")
+            raise self.misuse_error("putconn(): this connection was already returned to the pool")
         return slot
 
     def _put_locked(self, slot: int, conn: Any) -> Tuple[bool, float]:
