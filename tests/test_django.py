@@ -253,6 +253,7 @@ def test_django_connection_is_held(run: Callable[..., Dict[str, Any]]) -> None:
     """Issue 9.5: a bare ``pool.putconn`` of a Django connection (inside its request, or a stale
     one after the next request took the same connection) raises PoolMisuse; the requests go on."""
     r = run("held", pool={"max_size": 1})
+    assert r["had_connection"] is True
     assert r["inside"] == "PoolMisuse", r
     assert r["inside_is_operational"] is False
     assert r["query_after"] == 1

@@ -653,39 +653,43 @@ def s_close() -> None:
 
 def s_held() -> None:
     """A Django connection is held (issue 9.5): a bare pool.putconn() of it raises PoolMisuse,
-    inside the request and as a stale second return after the next request took it again."""
+    inside the request and as a stale second return after the next request took it again.
+    (Inside atomic blocks: under hold="transaction" the wrapper has a connection only there.)"""
     setup()
     import fastpool
-    from django.db import connection
+    from django.db import connection, transaction
 
     pool = connection.pool
     out: Dict[str, Any] = {}
 
     def first() -> None:
-        pid()
-        out["raw_first"] = id(connection.connection)
-        try:
-            pool.putconn(connection.connection)
-            out["inside"] = "accepted"
-        except fastpool.PoolMisuse as exc:
-            out["inside"] = "PoolMisuse"
-            out["inside_is_operational"] = isinstance(exc, psycopg2.OperationalError)
-        out["query_after"] = scalar("SELECT 1")  # still this request's connection
+        with transaction.atomic():
+            pid()
+            raw = connection.connection
+            out["raw_first"] = id(raw)
+            out["had_connection"] = raw is not None
+            try:
+                pool.putconn(raw)
+                out["inside"] = "accepted"
+            except fastpool.PoolMisuse as exc:
+                out["inside"] = "PoolMisuse"
+                out["inside_is_operational"] = isinstance(exc, psycopg2.OperationalError)
+            out["query_after"] = scalar("SELECT 1")  # still this block's connection
         return None
 
     request(first)
 
     def second() -> None:
-        pid()
-        stale = connection.connection  # the same object the first request had (max_size=1)
-        out["same_object"] = id(stale) == out["raw_first"]
-        scalar("SELECT 1")
-        try:
-            pool.putconn(stale)  # someone's stale second return of that object
-            out["stale"] = "accepted"
-        except fastpool.PoolMisuse:
-            out["stale"] = "PoolMisuse"
-        out["query_after_stale"] = scalar("SELECT 2")
+        with transaction.atomic():
+            pid()
+            stale = connection.connection  # the same object the first request had (max_size=1)
+            out["same_object"] = id(stale) == out["raw_first"]
+            try:
+                pool.putconn(stale)  # someone's stale second return of that object
+                out["stale"] = "accepted"
+            except fastpool.PoolMisuse:
+                out["stale"] = "PoolMisuse"
+            out["query_after_stale"] = scalar("SELECT 2")
         return None
 
     request(second)
