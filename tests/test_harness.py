@@ -8,7 +8,7 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from conftest import Backends, PrivateServers, mask_dsn, to_keyvalue_dsn
+from conftest import Backends, PrivateServers, dsn_to_url, mask_dsn, to_keyvalue_dsn
 
 
 def _scalar(dsn: str, sql: str, **kwargs: Any) -> Any:
@@ -94,6 +94,21 @@ def test_mask_dsn() -> None:
     normalised = to_keyvalue_dsn("postgresql://u@h:5433/db")
     assert "://" not in normalised
     assert psycopg2.extensions.parse_dsn(normalised) == {"user": "u", "host": "h", "port": "5433", "dbname": "db"}
+
+
+def test_dsn_to_url_keeps_every_parameter() -> None:
+    # A socket directory as a URL's host would be cut at its first slash: it goes in the query.
+    for dsn in ("host=/var/run/postgresql port=5433 user=u dbname=db application_name=a",
+                "host=127.0.0.1 port=5433 user=u password='p@ss w/rd:' dbname=d/b",
+                "host=db.example user=u dbname=db"):
+        url = dsn_to_url(dsn)
+        assert url.startswith("postgresql://")
+        assert psycopg2.extensions.parse_dsn(url) == psycopg2.extensions.parse_dsn(dsn), url
+    assert dsn_to_url("host=/tmp/s dbname=x", "postgresql+psycopg2").startswith("postgresql+psycopg2://")
+
+
+def test_dsn_to_url_connects(dsn: str) -> None:
+    assert _scalar(dsn_to_url(dsn), "SELECT 1") == 1
 
 
 @pytest.mark.slow

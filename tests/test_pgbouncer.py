@@ -2,7 +2,7 @@
 
 Every test starts its own PgBouncer (``pool_mode = transaction``, ``auth_type = trust``, a unix
 socket dir in a temp dir, a free TCP port) in front of a private server, as the unprivileged
-user pgserver's binaries run as when we are root (PgBouncer refuses to run as root). Without a
+user the embedded PostgreSQL binaries run as when we are root (PgBouncer refuses to run as root). Without a
 ``pgbouncer`` binary the tests skip (``apt-get install -y pgbouncer``; .ci/run installs it when
 it runs as root).
 
@@ -122,7 +122,7 @@ pidfile = {self.base}/pgbouncer.pid
     def start(self, timeout: float = 10.0) -> None:
         ini = self._write_config()
         extra: Dict[str, Any] = {}
-        if self._bins.user is not None:  # root: run as pgserver's unprivileged user
+        if self._bins.user is not None:  # root: run as the binaries' unprivileged user
             extra = {"user": self._bins.user.pw_uid, "group": self._bins.user.pw_gid, "extra_groups": []}
         self.proc = subprocess.Popen([self._binary, str(ini)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **extra)

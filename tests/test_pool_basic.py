@@ -15,6 +15,7 @@ import uuid
 import psycopg2
 import psycopg2.extensions as ext
 import pytest
+from conftest import dsn_to_url
 
 import fastpool
 
@@ -525,10 +526,7 @@ def test_callable_conninfo(Pool, dsn, app_name):
 
 
 def test_url_conninfo(Pool, dsn, app_name, backends):
-    params = ext.parse_dsn(dsn)
-    url = "postgresql://{user}@{host}:{port}/{dbname}".format(
-        user=params.get("user", "postgres"), host=params.get("host", "127.0.0.1"),
-        port=params.get("port", "5432"), dbname=params.get("dbname", "test"))
+    url = dsn_to_url(dsn)  # a socket-directory host goes in the query string
     pool = Pool(url, kwargs={"application_name": app_name}, min_size=1, max_size=1)
     try:
         pool.wait(timeout=10)

