@@ -25,7 +25,7 @@ INF = math.inf
 
 # Slot states and waiter states (same numbers in both cores).
 EMPTY, CONNECTING, IDLE, IN_USE, RESERVED = 0, 1, 2, 3, 4
-WAITING, HANDED, DONE, CANCELLED, CLOSED = 0, 1, 2, 3, 4
+WAITING, HANDED, DONE, CANCELLED, CLOSED, FAILED = 0, 1, 2, 3, 4, 5
 ENQUEUED, RETRY, FULL = 0, 1, 2
 
 _MODULES = {"c": "fastpool._core", "python": "fastpool._core_py"}
@@ -640,6 +640,30 @@ def test_claim_exactly_once(make: Any, core_mod: Any) -> None:
     ring.putconn(conn)
     assert counts(ring)["idle"] == 1
     assert w3.state == CANCELLED and w3.conn is None
+    ring._check_invariants()
+
+
+def test_fail_waiters_fails_each_waiting_one_once_and_keeps_the_pool_open(make: Any, core_mod: Any) -> None:
+    ring = make(1)
+    conn = ring.add()
+    assert ring.getconn() is conn
+    log: list = []
+    w1, w2, w3 = (waiter(core_mod, log, tag) for tag in (1, 2, 3))
+    for w in (w1, w2, w3):
+        assert ring._enqueue(w, 0) == ENQUEUED
+    assert ring._claim(w2) is None  # gave up first: stays CANCELLED, not failed again
+    assert ring._fail_waiters() == [w1, w3]
+    assert (w1.state, w2.state, w3.state) == (FAILED, CANCELLED, FAILED)
+    assert log == []  # waking is the policy's job
+    assert counts(ring)["waiting"] == 0
+    assert ring._claim(w1) is None and w1.state == FAILED  # a failed waiter gets nothing
+    assert ring._fail_waiters() == []
+    ring._check_invariants()
+    # the pool is still open: a new waiter queues and the next return goes to it
+    w4 = waiter(core_mod)
+    assert ring._enqueue(w4, 0) == ENQUEUED
+    ring.putconn(conn)
+    assert ring._claim(w4) is conn
     ring._check_invariants()
 
 

@@ -663,3 +663,100 @@ def test_constructor_does_not_block_on_connect(Pool):
         assert time.monotonic() - t0 < 0.5
     finally:
         pool.close()
+
+
+# --------------------------------------------------------------------------
+# configuration errors: raised at once, not retried into a PoolTimeout
+# --------------------------------------------------------------------------
+
+def _with(dsn, **changes):
+    params = psycopg2.extensions.parse_dsn(dsn)
+    params.update(changes)
+    return psycopg2.extensions.make_dsn(**params)
+
+
+def _unique(prefix):
+    import uuid
+
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.mark.parametrize("min_size", [0, 2], ids=["lazy", "prewarm"])
+def test_unknown_role_is_raised_at_once_not_after_the_timeout(make_pool, dsn, min_size):
+    # The README's quick start on a server without role "app": a 60 s timeout must not be
+    # spent retrying what can never succeed. ConnectionRejected is not a PoolTimeout, so
+    # getting it proves the caller did not wait for the timeout.
+    pool = make_pool(conninfo=_with(dsn, user=_unique("fp_no_role")), min_size=min_size,
+                     max_size=4, timeout=60)
+    for _ in range(2):  # the first call, and a later one during the same failure streak
+        with pytest.raises(fastpool.ConnectionRejected, match=r"SQLSTATE 28000.*does not exist"):
+            pool.getconn()
+    with pytest.raises(psycopg2.OperationalError):  # still caught where psycopg2's errors are
+        with pool.connection():
+            pass
+    assert pool.stats()["requests_errors"] == 3
+
+
+def test_unknown_database_makes_wait_raise_at_once(make_pool, dsn):
+    pool = make_pool(conninfo=_with(dsn, dbname=_unique("fp_no_db")), min_size=1, max_size=2)
+    with pytest.raises(fastpool.ConnectionRejected, match=r"SQLSTATE 3D000"):
+        pool.wait(timeout=60)
+
+
+def test_rejection_warns_once_keeps_retrying_and_recovers(make_pool, dsn, admin, caplog):
+    caplog.set_level(logging.DEBUG, logger="fastpool")
+    role = _unique("fp_late_role")
+    pool = make_pool(conninfo=_with(dsn, user=role), min_size=1, max_size=2)
+    try:
+        # min_size keeps the pool trying in the background, with backoff
+        assert wait_until(lambda: pool.stats()["connections_errors"] >= 3, timeout=30), pool.stats()
+        warnings = [t for t in _fastpool_warnings(caplog) if "attempt failed" in t]
+        assert len(warnings) == 1, warnings  # one warning per distinct error, not one per retry
+        assert "28000" in warnings[0]
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+        assert wait_until(lambda: pool.stats()["pool_available"] >= 1, timeout=30), pool.stats()
+        with pool.connection(timeout=30) as conn:
+            assert select_one(conn) == 1
+    finally:
+        pool.close()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_transient_errors_are_not_rejections():
+    from fastpool.rejection import permanent_sqlstate
+
+    prefix = 'connection to server at "127.0.0.1", port 5432 failed: '
+    permanent = {
+        'FATAL:  role "app" does not exist': "28000",
+        'FATAL:  database "app" does not exist': "3D000",
+        'FATAL:  password authentication failed for user "app"': "28P01",
+        "fe_sendauth: no password supplied": "28P01",
+        'FATAL:  no pg_hba.conf entry for host "10.0.0.1", user "app", database "app", no encryption': "28000",
+        'FATAL:  role "app" is not permitted to log in': "28000",
+        'FATAL:  Peer authentication failed for user "app"': "28000",
+    }
+    for text, sqlstate in permanent.items():
+        assert permanent_sqlstate(psycopg2.OperationalError(prefix + text)) == sqlstate, text
+    transient = [
+        "Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?",
+        "FATAL:  sorry, too many clients already",
+        "FATAL:  the database system is starting up",
+        "FATAL:  the database system is shutting down",
+        "FATAL:  terminating connection due to administrator command",
+        "timeout expired",
+        "could not translate host name \"db\" to address: Name or service not known",
+    ]
+    for text in transient:
+        assert permanent_sqlstate(psycopg2.OperationalError(prefix + text)) is None, text
+
+    class WithCode(Exception):
+        def __init__(self, code):
+            super().__init__("localized text")
+            self.pgcode = code
+
+    assert permanent_sqlstate(WithCode("28P01")) == "28P01"
+    assert permanent_sqlstate(WithCode("3D000")) == "3D000"
+    assert permanent_sqlstate(WithCode("53300")) is None  # too_many_connections: transient
+    assert permanent_sqlstate(WithCode("57P03")) is None  # cannot_connect_now: transient

@@ -38,7 +38,7 @@ from .dbapi import (
     pool_for,
     threadsafety,
 )
-from .errors import PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
+from .errors import ConnectionRejected, PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
 from .metrics import prometheus_text
 from .pool import Pool, pool_class
 
@@ -51,6 +51,7 @@ __all__ = [
     "PoolClosed",
     "TooManyRequests",
     "PoolMisuse",
+    "ConnectionRejected",
     "pool_class",
     "prometheus_text",
     "__impl__",

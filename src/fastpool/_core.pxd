@@ -13,6 +13,7 @@ cdef enum WaiterState:
     DONE = 2
     CANCELLED = 3
     CLOSED = 4
+    FAILED = 5
 
 
 cdef class Waiter:

@@ -755,6 +755,19 @@ cdef class Core:
                 failed.append(w)
         return failed
 
+    def _fail_waiters(self):
+        """Fail every waiter (the policy knows no connection can be made for them); returns the
+        waiters to wake. The pool stays open; later getconn calls queue as usual."""
+        cdef Waiter w
+        cdef list failed = []
+        while self._waiters:
+            w = <Waiter>self._waiters.popleft()
+            if w.state == WAITING:
+                w.state = FAILED
+                self._nwaiting -= 1
+                failed.append(w)
+        return failed
+
     def _set_max(self, int max_size):
         self._grow_capacity(max_size)
         self._max = max_size

@@ -59,7 +59,7 @@ EMPTY, CONNECTING, IDLE, IN_USE, RESERVED = 0, 1, 2, 3, 4
 STATE_NAMES = ("EMPTY", "CONNECTING", "IDLE", "IN_USE", "RESERVED")
 
 # Waiter states.
-WAITING, HANDED, DONE, CANCELLED, CLOSED = 0, 1, 2, 3, 4
+WAITING, HANDED, DONE, CANCELLED, CLOSED, FAILED = 0, 1, 2, 3, 4, 5
 
 # _enqueue results.
 ENQUEUED, RETRY, FULL, CLOSED_POOL = 0, 1, 2, 3
@@ -694,6 +694,19 @@ class Core:
                 w = self._waiters.popleft()
                 if w.state == WAITING:
                     w.state = CLOSED
+                    self._nwaiting -= 1
+                    failed.append(w)
+        return failed
+
+    def _fail_waiters(self) -> List[Waiter]:
+        """Fail every waiter (the policy knows no connection can be made for them); returns the
+        waiters to wake. The pool stays open; later getconn calls queue as usual."""
+        with self._lock:
+            failed = []
+            while self._waiters:
+                w = self._waiters.popleft()
+                if w.state == WAITING:
+                    w.state = FAILED
                     self._nwaiting -= 1
                     failed.append(w)
         return failed

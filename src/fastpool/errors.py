@@ -36,4 +36,10 @@ class PoolMisuse(InterfaceError):
     """
 
 
-__all__ = ["PoolError", "PoolTimeout", "PoolClosed", "TooManyRequests", "PoolMisuse"]
+class ConnectionRejected(PoolError):
+    """The server refused a new connection for a reason no retry can fix (SQLSTATE class 28 or
+    3D: unknown role or database, failed authentication, no ``pg_hba.conf`` entry): raised at
+    once to the callers waiting for that connection instead of a ``PoolTimeout`` later."""
+
+
+__all__ = ["PoolError", "PoolTimeout", "PoolClosed", "TooManyRequests", "PoolMisuse", "ConnectionRejected"]

@@ -34,9 +34,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
 
 import psycopg2
 
-from . import _impl, _original, fork, green as _green, health, reset as _reset, timings
+from . import _impl, _original, fork, green as _green, health, rejection, reset as _reset, timings
 from .conninfo import ConnInfo, Scrubber, conninfo_problem, describe, validate_conninfo
-from .errors import PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
+from .errors import ConnectionRejected, PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
 from . import tracking
 from .tracking import tracked_class
 from .workers import Workers
@@ -312,6 +312,9 @@ class PoolPolicy:
         self._delay = 0.0
         self._probe_in_flight = False
         self._last_error: Optional[str] = None
+        # "SQLSTATE: message" of the last attempt if the server refused it for good (see
+        # rejection.py); cleared by the next connection made
+        self._rejected: Optional[str] = None
         # connections handed back by finalizers (see _return_later)
         self._orphans: "collections.deque[Any]" = collections.deque()
         # leak tracking
@@ -359,6 +362,8 @@ class PoolPolicy:
             c = self._counts()
             if c["size"] - c["connecting"] >= self._min:
                 return
+            if self._rejected is not None:
+                raise self._rejection()
             left = deadline - monotonic()
             if left <= 0:
                 raise PoolTimeout(
@@ -523,6 +528,8 @@ class PoolPolicy:
         self._requests_errors += 1
         if waiter.state == 4:  # CLOSED
             raise PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
+        if waiter.state == 5:  # FAILED: the attempt made for us was refused for good
+            raise self._rejection()
         self._requests_timeouts += 1
         c = self._counts()
         raise PoolTimeout(
@@ -721,6 +728,7 @@ class PoolPolicy:
             self._gave_up = False
             self._delay = 0.0
             self._last_error = None
+            self._rejected = None
         expiry = self._now() + self._max_lifetime * (1.0 - LIFETIME_JITTER * random.random())
         filled = self._fill(slot, conn, expiry)
         if not filled:
@@ -734,11 +742,15 @@ class PoolPolicy:
 
     def _connect_failed(self, slot: int, exc: BaseException) -> None:
         msg = self._scrubber.scrub(str(exc).strip() or type(exc).__name__)
+        sqlstate = rejection.permanent_sqlstate(exc)
         now = monotonic()
         give_up = False
         with self._lock:
             self._connections_errors += 1
+            # One warning per distinct error of a failure streak, not one per retry.
+            repeated = msg == self._last_error
             self._last_error = msg
+            self._rejected = f"{sqlstate}: {msg}" if sqlstate else None
             gave_up_already = self._gave_up
             if gave_up_already:
                 pass  # an attempt that was in flight when we gave up: no new streak
@@ -756,7 +768,17 @@ class PoolPolicy:
                 # The last attempt is made at the deadline itself, so reconnect_failed fires
                 # on time rather than up to one backoff step late.
                 self._next_attempt = min(now + delay, self._give_up_at)
-        logger.warning("pool %r: connection attempt failed: %s", self.name, msg)
+        logger.log(logging.DEBUG if repeated else logging.WARNING,
+                   "pool %r: connection attempt failed%s: %s", self.name,
+                   " (will retry with backoff)" if sqlstate is None else
+                   f" (SQLSTATE {sqlstate}: a configuration error)", msg)
+        if sqlstate is not None and self._no_live_connection():
+            # Retrying cannot help the callers waiting now: tell them at once. With a live
+            # connection (say the password was rotated under a running pool) its return serves
+            # them, so they keep waiting. The pool keeps its min_size attempts going with
+            # backoff, so it recovers once the configuration is fixed.
+            for w in self._fail_waiters():
+                w.wake()
         if give_up or gave_up_already or self._core_closed() or not self._still_wanted():
             self._fill_failed(slot)
             if give_up:
@@ -841,6 +863,18 @@ class PoolPolicy:
             alive_attr,
             self._reset_mode == "discard" or callable(self._reset_mode),
             self._leak_timeout is not None,
+        )
+
+    def _no_live_connection(self) -> bool:
+        c = self._counts()
+        return c["size"] - c["connecting"] == 0
+
+    def _rejection(self) -> ConnectionRejected:
+        # read once: a connection made meanwhile clears it
+        detail = self._rejected or f"?: {self._last_error}"
+        return ConnectionRejected(
+            f"pool {self.name!r}: the server refused the connection (SQLSTATE {detail}); "
+            "a configuration error, not retried for this request"
         )
 
     def _last_error_text(self) -> str:
