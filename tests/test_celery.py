@@ -207,12 +207,18 @@ class Sampler:
         self.exclude: Set[int] = set()
         self.peak_others = 0
         self.seen: Set[int] = set()
+        #: pid -> (backend_start, state, query) as last sampled: what a session did, for messages
+        self.last: Dict[int, Tuple[Any, ...]] = {}
         self.error: Optional[BaseException] = None
 
     def pids(self) -> Set[int]:
         with self._conn.cursor() as cur:
-            cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self._app_name,))
-            return {int(r[0]) for r in cur.fetchall()}
+            cur.execute("SELECT pid, backend_start, state, left(query, 80) FROM pg_stat_activity "
+                        "WHERE application_name = %s", (self._app_name,))
+            rows = cur.fetchall()
+        for pid, *rest in rows:
+            self.last[int(pid)] = (str(rest[0]), *rest[1:])
+        return {int(r[0]) for r in rows}
 
     def _run(self) -> None:
         try:
@@ -446,7 +452,11 @@ def test_celery_worker(pool_kind: str, concurrency: int, impl: str, transport: T
         assert parent_sessions.isdisjoint(owners), "a child used the parent's inherited session"
         assert parent_sessions <= still_there, "the prefork parent's session was ended (by a child?)"
         unexpected = sampler.seen - set(owners) - parent_sessions
-        assert not unexpected, f"sessions with our application_name that ran no task: {unexpected}"
+        assert not unexpected, (
+            f"sessions with our application_name that ran no task: "
+            f"{ {pid: sampler.last.get(pid) for pid in unexpected} }; task sessions: "
+            f"{ {pid: sampler.last.get(pid) for pid in owners} }\n{worker.log()}"
+        )
         bound = processes * MAX_SIZE
         assert sampler.peak_others <= bound, f"peak {sampler.peak_others} connections (parent's excluded) > {bound}"
         assert sampler.peak <= bound + len(parent_sessions), f"peak {sampler.peak} connections in all"
