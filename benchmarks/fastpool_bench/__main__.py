@@ -1,4 +1,4 @@
-"""``python -m fastpool.bench`` (same as ``python -m fastpool bench``)."""
+"""``python -m fastpool_bench`` from ``benchmarks/`` (same as ``python -m fastpool bench``)."""
 
 import sys
 

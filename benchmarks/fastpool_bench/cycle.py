@@ -55,7 +55,7 @@ Notes = Dict[str, str]
 
 
 class _NoProgress:
-    """Stands in for fastpool.bench.progress.Progress when the caller shows none."""
+    """Stands in for fastpool_bench.progress.Progress when the caller shows none."""
 
     def task(self, description: str, total: int) -> "_NoProgress":
         return self

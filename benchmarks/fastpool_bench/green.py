@@ -5,7 +5,7 @@ Every contender runs in its own subprocess, because monkey-patching is per proce
     python -c <bootstrap> --one NAME --hub gevent --dsn DSN --app APP --greenlets 1000 ...
 
 The bootstrap monkey-patches *first* (as a gunicorn/celery gevent worker does), then runs this
-module as ``__main__`` (``python -m fastpool.bench.green --one NAME ...`` works by hand too; it
+module as ``__main__`` (``python -m fastpool_bench.green --one NAME ...`` works by hand too; it
 patches as soon as it starts).  The child opens its pool, runs the scenario and prints one
 ``RESULT {json}`` line.  Meanwhile the parent (never patched) samples the server from a plain
 thread with its own connection: ``count(*)`` of ``pg_stat_activity`` rows carrying the child's
@@ -39,7 +39,7 @@ errors.
 
 The detailed command line (``benchmarks/bench_green.py`` has the same options)::
 
-    python -m fastpool.bench.green [--dsn DSN] [--hub gevent|eventlet] [--greenlets 1000]
+    python -m fastpool_bench.green [--dsn DSN] [--hub gevent|eventlet] [--greenlets 1000]
         [--size 10] [--cycles 20] [--repeat 3] [--quick] [--only NAMES] [--busy N] [--json FILE]
 """
 
@@ -96,7 +96,7 @@ else:
     import eventlet
     eventlet.monkey_patch()
 import runpy
-runpy.run_module("fastpool.bench.green", run_name="__main__", alter_sys=True)
+runpy.run_module("fastpool_bench.green", run_name="__main__", alter_sys=True)
 """
 
 
@@ -399,9 +399,12 @@ def run_child(dsn: str, cfg: dict, hub: str, name: str, rnd: int) -> dict:
     app = f"fpgreen-{os.getpid()}-{name}-{rnd}"[:63]
     cmd = child_command(name, hub, dsn, app, cfg)
     env = dict(os.environ)
-    # The child must import the fastpool the parent measures, even from a bare checkout.
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    # The child must import these benchmarks and the fastpool the parent measures, even from a
+    # bare checkout.
+    import fastpool
+
+    roots = (str(Path(__file__).resolve().parent.parent), str(Path(fastpool.__file__).resolve().parent.parent))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (*roots, env.get("PYTHONPATH")) if p)
     t0 = time.perf_counter()
     # Background load (--busy N): N processes spinning on the CPU for the contender's whole life.
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
@@ -585,7 +588,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import peers
     from .report import Out, print_targets, report_green
 
-    p = argparse.ArgumentParser(prog="python -m fastpool.bench.green",
+    p = argparse.ArgumentParser(prog="python -m fastpool_bench.green",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--dsn", default=os.environ.get("FASTPOOL_BENCH_DSN", peers.DEFAULT_DSN))
     p.add_argument("--hub", choices=["gevent", "eventlet"], default="gevent")
@@ -646,7 +649,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for k, v in notes.items():
         out.line(f"note: {k}: {v}")
     if args.json:
-        payload = {"benchmark": "fastpool.bench.green", "args": vars(args), "config": cfg, **info,
+        payload = {"benchmark": "fastpool_bench.green", "args": vars(args), "config": cfg, **info,
                    "dsn": mask(args.dsn), "green": res, "targets": ts, "notes": notes,
                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -4,7 +4,7 @@ Every benchmark (``python -m fastpool bench``, ``benchmarks/*.py``) drives pools
 through the same small interface, so that a peer is configured in one place and
 every scenario measures it the same way::
 
-    from fastpool.bench import peers
+    from fastpool_bench import peers
     for spec in peers.SPECS:              # in display order
         if not spec.available():          # import failed: spec.note says why
             continue
@@ -28,7 +28,7 @@ psycopg_pool ``min_size=max_size``).  psycopg2's ThreadedConnectionPool cannot
 block: it raises ``PoolError("connection pool exhausted")``.
 
 No adapter does anything about greenlets: a gevent/eventlet benchmark must install
-its own psycopg2 wait callback for the peers that need one (fastpool.bench.green does).
+its own psycopg2 wait callback for the peers that need one (fastpool_bench.green does).
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ def _psycopg2_make(dsn: str, size: int, **options) -> Adapter:
 def _toy_probe() -> str:
     import psycopg2  # noqa: F401
 
-    return "n/a (fastpool.bench.peers.ToyPool)"
+    return "n/a (fastpool_bench.peers.ToyPool)"
 
 
 def _toy_make(dsn: str, size: int, **options) -> Adapter:

@@ -3,15 +3,29 @@
 ::
 
     fastpool doctor --dsn "host=db dbname=app user=app" --processes 24 [--reserve N] [--json]
-    fastpool bench ...        # benchmarks (fastpool.bench, when installed)
+    fastpool bench ...        # benchmarks: benchmarks/fastpool_bench/ of a source checkout
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import List, Optional, Sequence
+
+#: The benchmarks are not in the wheel (a production install needs none of their 2,500 lines):
+#: they live in the source checkout, as ``benchmarks/fastpool_bench``.
+BENCH_PACKAGE = "fastpool_bench"
+NO_BENCHMARKS = """\
+fastpool bench: the benchmarks are not part of the installed package; they live in fastpool's
+source checkout (benchmarks/fastpool_bench). Run the command from the checkout, e.g.:
+
+    cd fastpool && pip install -e '.[dev]' && python -m fastpool bench
+
+(looked in: {looked})
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=_doctor)
 
     bench = sub.add_parser(
-        "bench", help="run the benchmarks (fastpool.bench)", add_help=False,
-        description="Run fastpool's benchmarks; every argument is passed to fastpool.bench.cli.main().",
+        "bench", help="run the benchmarks (benchmarks/fastpool_bench of a source checkout)", add_help=False,
+        description="Run fastpool's benchmarks; every argument is passed to fastpool_bench.cli.main().",
     )
     bench.add_argument("args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
@@ -93,19 +107,25 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def benchmarks_dirs() -> List[Path]:
+    """Where ``fastpool bench`` looks for ``benchmarks/``: the checkout this fastpool was
+    installed from in development mode (``pip install -e``), then the current directory."""
+    here = Path(__file__).resolve().parent  # <checkout>/src/fastpool when editable
+    candidates = [here.parent.parent / "benchmarks", Path(os.getcwd()) / "benchmarks"]
+    return list(dict.fromkeys(candidates))
+
+
 def _bench(args: argparse.Namespace) -> int:
-    try:
-        from .bench import cli as bench_cli
-    except ModuleNotFoundError as exc:
-        # Only "fastpool.bench is not there": a missing dependency *inside* it is a real error.
-        if exc.name not in ("fastpool.bench", "fastpool.bench.cli"):
-            raise
-        bench_cli = None
-    bench_main = getattr(bench_cli, "main", None)
-    if bench_main is None:
-        print("bench not available yet", file=sys.stderr)
+    looked = benchmarks_dirs()
+    found = next((d for d in looked if (d / BENCH_PACKAGE / "cli.py").is_file()), None)
+    if found is None:
+        print(NO_BENCHMARKS.format(looked=", ".join(map(str, looked))), end="", file=sys.stderr)
         return 2
-    rc = bench_main(list(args.args))
+    if str(found) not in sys.path:
+        sys.path.insert(0, str(found))
+    from fastpool_bench import cli as bench_cli  # type: ignore[import-not-found]
+
+    rc = bench_cli.main(list(args.args))
     return int(rc or 0)
 
 
