@@ -15,7 +15,7 @@ Configured entirely through the environment (set by the test):
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import Dict, Tuple
 
 from celery import Celery
 
@@ -62,3 +62,9 @@ def query() -> Tuple[int, int, str]:
         cur.execute("SELECT pg_backend_pid(), pg_sleep(0.005)")
         backend_pid = cur.fetchone()[0]
     return int(backend_pid), os.getpid(), fastpool.__impl__
+
+
+@app.task(name="celery_app.tasks.stats")
+def stats() -> Dict[str, int]:
+    """This worker process's ``pool.stats()`` (``connections_num``: connections it has made)."""
+    return pool.stats()
