@@ -760,3 +760,37 @@ def test_transient_errors_are_not_rejections():
     assert permanent_sqlstate(WithCode("3D000")) == "3D000"
     assert permanent_sqlstate(WithCode("53300")) is None  # too_many_connections: transient
     assert permanent_sqlstate(WithCode("57P03")) is None  # cannot_connect_now: transient
+
+
+def test_rejection_does_not_fail_callers_a_live_connection_can_serve(make_pool, dsn, admin):
+    # Under a running pool the server starts refusing new connections (a rotated password, a
+    # dropped role): callers waiting for a *return* must still get the connection returned.
+    role = _unique("fp_dropped_role")
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+    pool = make_pool(conninfo=_with(dsn, user=role), min_size=0, max_size=2, timeout=60)
+    try:
+        held = pool.getconn()
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER ROLE "{role}" NOLOGIN')  # new connections: 28000, not permitted
+        got, errors = [], []
+
+        def waiter():
+            try:
+                got.append(pool.getconn())
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        # the waiter made the pool try a second connection, which the server refused
+        assert wait_until(lambda: pool.stats()["connections_errors"] >= 1, timeout=30), pool.stats()
+        pool.putconn(held)  # ... and this return serves the waiter
+        t.join(60)
+        assert not errors, errors
+        assert got == [held]
+        pool.putconn(got[0])
+    finally:
+        pool.close()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP ROLE IF EXISTS "{role}"')
