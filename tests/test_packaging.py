@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -33,8 +34,13 @@ def test_import_fastpool_pulls_no_server_and_no_benchmark() -> None:
 
 
 def _build_wheel(out: Path, env: dict, *options: str) -> subprocess.CompletedProcess:
+    """Build from a clean copy of the sources, as from a fresh clone: an in-tree build would
+    reuse this checkout's build/ directory and the compiled core of an earlier build."""
+    src = out / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".benchmarks", "*.so", "*.c"))
     return subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", *options, "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *options, "-w", str(out), str(src)],
         capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL,
     )
 
