@@ -73,8 +73,11 @@ def test_no_compiler_installs_the_python_core_with_a_warning(tmp_path: Path) -> 
         assert not [n for n in zf.namelist() if n.endswith((".so", ".pyd"))]
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                    str(wheel)], check=True, capture_output=True, timeout=300)
-    code = "import fastpool; print(fastpool.__impl__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                    str(wheel), "psycopg2-binary"], check=True, capture_output=True, timeout=300)
+    # -S: no site-packages, so neither this checkout's editable install nor anything else
+    # can stand in for the wheel just installed.
+    code = "import fastpool; print(fastpool.__impl__, fastpool.__file__)"
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60,
                          env=dict(os.environ, PYTHONPATH=str(target)), cwd=tmp_path)
-    assert out.stdout.strip() == "python", out.stdout + out.stderr
+    impl, _, path = out.stdout.strip().partition(" ")
+    assert impl == "python" and path.startswith(str(target)), out.stdout + out.stderr
