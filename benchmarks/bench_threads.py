@@ -31,10 +31,10 @@ import sys
 from pathlib import Path
 
 try:
-    from fastpool.bench import cycle, peers
+    import fastpool  # noqa: F401
 except ImportError:  # a checkout that is not installed: use its src/ tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from fastpool.bench import cycle, peers
+from fastpool_bench import cycle, peers  # this directory is sys.path[0] for a script
 
 import fastpool.green
 
