@@ -148,7 +148,8 @@ def reset_connection(
     elif callable(mode):
         mode(conn)
         if status_of and status_of() != IDLE:
-            logger.warning("pool %r: the reset function left a transaction open", pool_name)
+            # psycopg_pool discards such a connection too (the caller logs it): rolling back
+            # behind the function's back would hide its bug.
             return "the reset function left a transaction open"
     if mode is not None:
         why = _resync_encoding(conn, defaults)

@@ -21,14 +21,16 @@ itself (``SELECT my_func()`` that calls ``set_config(..., false)``, ``CALL``), a
 without the pool's cursors (``copy_expert``, another cursor class made outside the connection).
 ``reset="discard"`` resets on every return for those cases.
 
-The clean path is one regex search over the statement text: most statements contain none of the
-candidate words and are classified without tokenizing.
+A statement text seen before is answered from a bounded dict. Otherwise the clean path is a
+lower-casing and a few substring tests: most statements contain none of the
+candidate words. Others are split on ``;`` and whitespace, or tokenized when they contain
+literals, quoted identifiers or comments.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Dict
 
 #: session-changing statements, by their leading keyword
 _LEADING = frozenset(
@@ -48,13 +50,7 @@ _FUNCTIONS = frozenset(
 )
 _TEMP = frozenset(("TEMP", "TEMPORARY"))
 
-# Any of the words that can matter, anywhere: without one of them no statement qualifies.
-_CANDIDATE = re.compile(
-    r"\b(?:set|reset|prepare|deallocate|listen|unlisten|discard|load|do|declare|temp|temporary"
-    r"|pg_temp|set_config|pg_(?:try_)?advisory_lock(?:_shared)?)\b",
-    re.IGNORECASE,
-)
-
+_DO = re.compile(r"\bdo\b")
 _TOKEN = re.compile(
     r"""
       (?P<skip>
@@ -72,11 +68,65 @@ _TOKEN = re.compile(
 )
 
 
+#: statements already classified. Applications run the same statement texts again and again
+#: (parameters travel apart), so most lookups are one hash and one compare. Bounded: cleared
+#: when full; long texts are not kept.
+_seen: Dict[str, bool] = {}
+_SEEN_MAX = 2048
+_SEEN_LONGEST = 2000
+
+
 def changes_session(sql: str) -> bool:
     """True if executing ``sql`` can leave state in the session (see the module docstring)."""
-    if _CANDIDATE.search(sql) is None:
+    answer = _seen.get(sql)
+    if answer is None:
+        answer = _classify(sql)
+        if len(sql) <= _SEEN_LONGEST:
+            if len(_seen) >= _SEEN_MAX:
+                _seen.clear()
+            _seen[sql] = answer
+    return answer
+
+
+def _classify(sql: str) -> bool:
+    s = sql.lower()
+    # Without one of these substrings no statement qualifies: a few C-speed scans decide most
+    # statements ("set" also finds reset, set_config, offset and UPDATE ... SET).
+    if not (
+        "set" in s or "temp" in s or "prepare" in s or "dealloc" in s or "listen" in s
+        or "discard" in s or "load" in s or "declare" in s or "advisory" in s
+        or ("do" in s and _DO.search(s) is not None)
+    ):
         return False
-    return _scan(sql)
+    if "'" in s or '"' in s or "$" in s or "--" in s or "/*" in s:
+        return _scan(sql)  # literals, quoted names or comments: tokenize
+    return _scan_plain(s)
+
+
+def _scan_plain(s: str) -> bool:
+    """:func:`_scan` for lower-cased SQL without literals, quoted identifiers or comments."""
+    if "set_config" in s or "advisory_lock" in s or "pg_temp" in s:
+        return True
+    for statement in s.split(";"):
+        words = statement.split()
+        if not words:
+            continue
+        first = words[0]
+        if first == "set":
+            if len(words) < 2 or words[1].upper() not in _SET_TRANSACTIONAL:
+                return True
+        elif first.upper() in _LEADING:
+            return True
+        elif first == "declare":
+            if "hold" in words:
+                return True
+        elif "temp" in words or "temporary" in words:
+            if first == "create":
+                return True
+            for i, w in enumerate(words):
+                if (w == "temp" or w == "temporary") and i and words[i - 1] == "into":
+                    return True
+    return False
 
 
 def _scan(sql: str) -> bool:
