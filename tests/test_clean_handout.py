@@ -110,13 +110,15 @@ def test_sql_commit_does_not_make_next_borrower_autocommit(make_pool, admin, tab
 
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_sql_commit_then_with_block_rolls_back(make_pool, admin, table, mode):
-    """The issue's scenario through ``with pool.connection()``: B's block raises after an
-    INSERT; its row must not be there."""
+    """The issue's scenario: A ends its transaction with SQL and returns the connection with
+    putconn (a ``with`` block's own commit would heal psycopg2); B's ``with pool.connection()``
+    block raises after an INSERT: its row must not be there."""
     pool = make_pool(min_size=1, max_size=1, reset=mode_option(mode))
-    with pool.connection() as conn:
-        with conn.cursor() as cur:
-            cur.execute(f"INSERT INTO {table} VALUES (1)")
-            cur.execute("COMMIT")
+    conn = pool.getconn(timeout=10)
+    with conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {table} VALUES (1)")
+        cur.execute("COMMIT")
+    pool.putconn(conn)
     with pytest.raises(RuntimeError):
         with pool.connection() as conn:
             with conn.cursor() as cur:
