@@ -49,23 +49,18 @@ def _tracked_property(name: str, base: type) -> property:
     return property(descriptor.__get__, set_and_mark, doc=descriptor.__doc__)
 
 
-def _mark_if(cur: Any, query: Any) -> None:
-    conn = _cursor_connection(cur)
-    if conn._fastpool_dirty & SESSION:
-        return  # already to be reset: no need to look
+def _changes(cur: Any, conn: Any, query: Any) -> bool:
+    """Can running ``query`` on ``cur`` change session state? (Any query type, named cursors.)"""
     if cur.name is not None:
         # A named cursor runs DECLARE itself; only WITH HOLD outlives the transaction.
-        dirty = bool(cur.withhold)
-    elif isinstance(query, str):
-        dirty = changes_session(query)
-    elif isinstance(query, bytes):
-        dirty = changes_session(query.decode("latin-1"))
-    elif isinstance(query, _sql.Composable):
-        dirty = changes_session(query.as_string(conn))
-    else:
-        dirty = False  # psycopg2 rejects it
-    if dirty:
-        conn._fastpool_dirty |= SESSION
+        return bool(cur.withhold)
+    if isinstance(query, str):
+        return changes_session(query)
+    if isinstance(query, bytes):
+        return changes_session(query.decode("latin-1"))
+    if isinstance(query, _sql.Composable):
+        return changes_session(query.as_string(conn))
+    return False  # psycopg2 rejects it
 
 
 def session_cursor_class(base: Type[Any]) -> Type[Any]:
@@ -75,12 +70,20 @@ def session_cursor_class(base: Type[Any]) -> Type[Any]:
     if cls is not None:
         return cls
 
+    # Marked before running: a statement that fails half-way may still have changed something.
     def execute(self: Any, query: Any, vars: Any = None) -> Any:
-        _mark_if(self, query)
+        conn = _cursor_connection(self)
+        if not conn._fastpool_dirty & SESSION and (
+            changes_session(query) if type(query) is str and self.name is None
+            else _changes(self, conn, query)
+        ):
+            conn._fastpool_dirty |= SESSION
         return base.execute(self, query, vars)
 
     def executemany(self: Any, query: Any, vars_list: Any) -> Any:
-        _mark_if(self, query)
+        conn = _cursor_connection(self)
+        if not conn._fastpool_dirty & SESSION and _changes(self, conn, query):
+            conn._fastpool_dirty |= SESSION
         return base.executemany(self, query, vars_list)
 
     def callproc(self: Any, procname: Any, *args: Any, **kwargs: Any) -> Any:
@@ -101,6 +104,7 @@ def session_cursor_class(base: Type[Any]) -> Type[Any]:
         },
     )
     _cursor_cache[base] = cls
+    _cursor_cache[cls] = cls  # asked for by name (cur.__class__): already tracked
     return cls
 
 
@@ -146,12 +150,15 @@ def tracked_class(base: Type[Any] = _pg_connection, session: bool = True) -> Typ
             withhold: bool = False, scrollable: Optional[bool] = None,
         ) -> Any:
             factory = cursor_factory or self.cursor_factory or _pg_cursor
-            if isinstance(factory, type) and issubclass(factory, _pg_cursor):
-                factory = session_cursor_class(factory)
-            else:
-                # A factory function: its cursors cannot be watched, so assume the worst.
-                self._fastpool_dirty |= SESSION
-            return base.cursor(self, name, factory, withhold, scrollable)
+            tracked = _cursor_cache.get(factory) if isinstance(factory, type) else None
+            if tracked is None:
+                if isinstance(factory, type) and issubclass(factory, _pg_cursor):
+                    tracked = session_cursor_class(factory)
+                else:
+                    # A factory function: its cursors cannot be watched, so assume the worst.
+                    self._fastpool_dirty |= SESSION
+                    tracked = factory
+            return base.cursor(self, name, tracked, withhold, scrollable)
 
         ns["cursor"] = cursor
     for name in _TRACKED:
