@@ -14,6 +14,13 @@ return. One process, one thread, PostgreSQL on the DSN below.
 Usage::
 
     python benchmarks/bench_reset.py [--dsn DSN] [--repeats 7]
+
+Instruction counts (load-independent) of the clean cycle: run ``--callgrind-cycles N`` under
+``valgrind --tool=callgrind`` for two values of N; the difference divided by the difference of N
+is the cost of one getconn+putconn::
+
+    valgrind --tool=callgrind python benchmarks/bench_reset.py --callgrind-cycles 1000
+    valgrind --tool=callgrind python benchmarks/bench_reset.py --callgrind-cycles 101000
 """
 
 from __future__ import annotations
@@ -127,7 +134,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dsn", default=DEFAULT_DSN)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--reset", default="auto", help="with --callgrind-cycles: the reset mode")
+    ap.add_argument("--callgrind-cycles", type=int, default=None, metavar="N",
+                    help="only run N clean getconn+putconn cycles (for callgrind), print nothing")
     args = ap.parse_args(argv)
+    if args.callgrind_cycles is not None:
+        pool = fastpool.Pool(args.dsn, min_size=1, max_size=1, reset=args.reset)
+        pool.wait()
+        get, put = pool.getconn, pool.putconn
+        for _ in range(1000 + args.callgrind_cycles):
+            put(get())
+        pool.close()
+        return 0
     print(f"fastpool core: {fastpool.__impl__}, python {sys.version.split()[0]}, psycopg2 {psycopg2.__version__}")
     print("\n1. getconn+putconn, no query (ns/cycle, best / median)")
     for mode, (b, m) in bench_cycle(args.dsn, args.repeats).items():
