@@ -15,12 +15,12 @@ Usage::
 
     python benchmarks/bench_reset.py [--dsn DSN] [--repeats 7]
 
-Instruction counts (load-independent) of the clean cycle: run ``--callgrind-cycles N`` under
-``valgrind --tool=callgrind`` for two values of N; the difference divided by the difference of N
-is the cost of one getconn+putconn::
+Instruction counts (load-independent; client process only): run ``--callgrind WHAT N`` under
+``valgrind --tool=callgrind`` for two values of N; the difference of the totals divided by the
+difference of N is the cost of one WHAT::
 
-    valgrind --tool=callgrind python benchmarks/bench_reset.py --callgrind-cycles 1000
-    valgrind --tool=callgrind python benchmarks/bench_reset.py --callgrind-cycles 101000
+    valgrind --tool=callgrind python benchmarks/bench_reset.py --callgrind cycle 0
+    valgrind --tool=callgrind python benchmarks/bench_reset.py --callgrind cycle 100000
 """
 
 from __future__ import annotations
@@ -130,21 +130,48 @@ def bench_dirty(dsn: str, repeats: int) -> dict:
     return out
 
 
+def callgrind(dsn: str, what: str, n: int, reset: str) -> None:
+    """``what`` n times (after 1000 of warm-up): two runs with different n give one's cost."""
+    pool = fastpool.Pool(dsn, min_size=1, max_size=1, reset=reset)
+    pool.wait()
+    n += 1000
+    if what == "cycle":
+        get, put = pool.getconn, pool.putconn
+        for _ in range(n):
+            put(get())
+        pool.close()
+        return
+    kind, _, conn_kind = what.partition("-")
+    conn = pool.getconn() if conn_kind == "tracked" else psycopg2.connect(dsn)
+    conn.autocommit = True  # no BEGIN/COMMIT: only the statement itself
+    if kind == "cursor":
+        for _ in range(n):
+            conn.cursor().close()
+    else:
+        cur = conn.cursor()
+        query = "SELECT 1" if kind == "select" else "UPDATE pg_class SET relname = relname WHERE false"
+        for _ in range(n):
+            cur.execute(query)
+    if conn_kind == "tracked":
+        conn.autocommit = False
+        pool.putconn(conn)
+    else:
+        conn.close()
+    pool.close()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dsn", default=DEFAULT_DSN)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--reset", default="auto", help="with --callgrind-cycles: the reset mode")
-    ap.add_argument("--callgrind-cycles", type=int, default=None, metavar="N",
-                    help="only run N clean getconn+putconn cycles (for callgrind), print nothing")
+    ap.add_argument("--reset", default="auto", help="with --callgrind cycle: the reset mode")
+    ap.add_argument("--callgrind", nargs=2, metavar=("WHAT", "N"), default=None,
+                    help="only run N repetitions of WHAT, print nothing (for callgrind): cycle, "
+                         "cursor-plain, cursor-tracked, select-plain, select-tracked, "
+                         "update-plain, update-tracked")
     args = ap.parse_args(argv)
-    if args.callgrind_cycles is not None:
-        pool = fastpool.Pool(args.dsn, min_size=1, max_size=1, reset=args.reset)
-        pool.wait()
-        get, put = pool.getconn, pool.putconn
-        for _ in range(1000 + args.callgrind_cycles):
-            put(get())
-        pool.close()
+    if args.callgrind is not None:
+        callgrind(args.dsn, args.callgrind[0], int(args.callgrind[1]), args.reset)
         return 0
     print(f"fastpool core: {fastpool.__impl__}, python {sys.version.split()[0]}, psycopg2 {psycopg2.__version__}")
     print("\n1. getconn+putconn, no query (ns/cycle, best / median)")

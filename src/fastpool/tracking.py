@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Tuple, Type
 from psycopg2 import sql as _sql
 from psycopg2.extensions import connection as _pg_connection, cursor as _pg_cursor
 
-from .session import callproc_changes_session, changes_session
+from .session import _seen, callproc_changes_session, changes_session
 
 DIRTY = "_fastpool_dirty"
 #: where the core ring keeps the connection's slot number (see Core._core_set_slot_attr)
@@ -70,15 +70,22 @@ def session_cursor_class(base: Type[Any]) -> Type[Any]:
     if cls is not None:
         return cls
 
+    base_execute = base.execute
+    seen = _seen.get
+
     # Marked before running: a statement that fails half-way may still have changed something.
+    # The common case (a str seen before, an unnamed cursor) is a dict lookup, inlined.
     def execute(self: Any, query: Any, vars: Any = None) -> Any:
         conn = _cursor_connection(self)
-        if not conn._fastpool_dirty & SESSION and (
-            changes_session(query) if type(query) is str and self.name is None
-            else _changes(self, conn, query)
-        ):
-            conn._fastpool_dirty |= SESSION
-        return base.execute(self, query, vars)
+        if not conn._fastpool_dirty & SESSION:
+            answer = seen(query) if type(query) is str and self.name is None else None
+            if answer is None:
+                answer = _changes(self, conn, query)
+            if answer:
+                conn._fastpool_dirty |= SESSION
+        if vars is None:
+            return base_execute(self, query)
+        return base_execute(self, query, vars)
 
     def executemany(self: Any, query: Any, vars_list: Any) -> Any:
         conn = _cursor_connection(self)
@@ -96,6 +103,7 @@ def session_cursor_class(base: Type[Any]) -> Type[Any]:
         f"Tracked{base.__name__[0].upper()}{base.__name__[1:]}",
         (base,),
         {
+            "__slots__": (),  # no instance dict: creating a cursor stays as cheap as the base's
             "execute": execute,
             "executemany": executemany,
             "callproc": callproc,
@@ -144,13 +152,15 @@ def tracked_class(base: Type[Any] = _pg_connection, session: bool = True) -> Typ
         "__doc__": f"{base.__name__} that records session changes (fastpool).",
     }
     if session:
+        base_cursor = base.cursor
+        get_tracked = _cursor_cache.get
 
         def cursor(
             self: Any, name: Optional[str] = None, cursor_factory: Any = None,
             withhold: bool = False, scrollable: Optional[bool] = None,
         ) -> Any:
             factory = cursor_factory or self.cursor_factory or _pg_cursor
-            tracked = _cursor_cache.get(factory) if isinstance(factory, type) else None
+            tracked = get_tracked(factory) if isinstance(factory, type) else None
             if tracked is None:
                 if isinstance(factory, type) and issubclass(factory, _pg_cursor):
                     tracked = session_cursor_class(factory)
@@ -158,7 +168,9 @@ def tracked_class(base: Type[Any] = _pg_connection, session: bool = True) -> Typ
                     # A factory function: its cursors cannot be watched, so assume the worst.
                     self._fastpool_dirty |= SESSION
                     tracked = factory
-            return base.cursor(self, name, tracked, withhold, scrollable)
+            if withhold or scrollable is not None:
+                return base_cursor(self, name, tracked, withhold, scrollable)
+            return base_cursor(self, name, tracked)  # fewer arguments for psycopg2 to parse
 
         ns["cursor"] = cursor
     for name in _TRACKED:
