@@ -96,7 +96,6 @@ from django.db.backends.utils import CursorDebugWrapper, CursorWrapper  # noqa: 
 from django.utils.functional import cached_property  # noqa: E402
 
 import fastpool  # noqa: E402
-from fastpool import reset as _fastpool_reset  # noqa: E402
 
 from . import holding  # noqa: E402
 
@@ -291,9 +290,10 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             finally:
                 probe.close()
             options = {"min_size": 0, **options}
-            # A reset that wipes the session (DISCARD ALL, or the user's own) must be followed by
-            # the per-connection setup again: time zone and assumed role would be lost.
-            options["reset"] = _make_reset(options.get("reset", "rollback"), configure)
+            # A reset that wipes the session must be followed by the per-connection setup
+            # again (time zone, assumed role): the pool re-runs configure after its own
+            # DISCARD ALL ("auto", "discard"); a user's reset callable gets it appended.
+            options["reset"] = _make_reset(options.get("reset", "auto"), configure)
             pool = fastpool.Pool(
                 kwargs=conn_params, configure=configure, name=f"django:{self.alias}", **options
             )
@@ -444,21 +444,16 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
 def _make_reset(mode: Any, configure: Any) -> Any:
     """The pool's reset for a Django alias: the user's choice, with the per-connection setup
     re-applied after anything that can wipe session state."""
-    if mode in (None, "rollback"):
+    if not callable(mode):
+        # None, "auto", "rollback", "discard" (the pool re-runs configure after its DISCARD
+        # ALL), or invalid: fastpool.Pool names the problem.
         return mode
-    if mode == "discard":
-        def discard_and_configure(conn: Any) -> None:
-            _fastpool_reset.discard_all(conn)
-            configure(conn)
 
-        return discard_and_configure
-    if callable(mode):
-        def reset_and_configure(conn: Any) -> None:
-            mode(conn)
-            configure(conn)
+    def reset_and_configure(conn: Any) -> None:
+        mode(conn)
+        configure(conn)
 
-        return reset_and_configure
-    return mode  # invalid: fastpool.Pool names the problem
+    return reset_and_configure
 
 
 def _make_configure(isolation: Any, role: Optional[str], timezone_name: Optional[str], ops: Any,

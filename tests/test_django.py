@@ -310,7 +310,7 @@ def test_conn_health_checks(run: Callable[..., Dict[str, Any]]) -> None:
     assert returned(r["stats"])
 
 
-@pytest.mark.parametrize("reset", ["rollback", "discard"])
+@pytest.mark.parametrize("reset", ["auto", "rollback", "discard"])
 def test_time_zone_role_isolation(run: Callable[..., Dict[str, Any]], role: str, reset: str) -> None:
     r = run("session", pool={"max_size": 1, "reset": reset},
             db={"OPTIONS": {"assume_role": role, "isolation_level": psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE}},

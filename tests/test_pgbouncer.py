@@ -8,7 +8,7 @@ it runs as root).
 
 What is checked, and what RELIABILITY.md's "Running behind PgBouncer" section quotes:
 
-* the defaults (``reset="rollback"``, ``check="auto"``) work through PgBouncer, with threads,
+* the defaults (``reset="auto"``, ``check="auto"``) work through PgBouncer, with threads,
   commits and rollbacks; psycopg2 creates no server-side prepared statements;
 * the health check (``SELECT 1`` in autocommit) works through PgBouncer, does not pin a server
   connection, and detects client connections PgBouncer dropped (``KILL``) or lost (PgBouncer
@@ -223,7 +223,7 @@ def test_pool_defaults_through_pgbouncer(Pool: Any, make_bouncer: Any, private_s
     direct.autocommit = True
     q(direct, "CREATE TABLE fp_bouncer (id serial PRIMARY KEY, worker int, n int)")
 
-    pool = Pool(bouncer.dsn, min_size=2, max_size=4, timeout=10.0)  # reset="rollback", check="auto"
+    pool = Pool(bouncer.dsn, min_size=2, max_size=4, timeout=10.0)  # reset="auto", check="auto"
     try:
         pool.wait(10)
         committed = [0]
@@ -252,7 +252,7 @@ def test_pool_defaults_through_pgbouncer(Pool: Any, make_bouncer: Any, private_s
         assert not errors, errors
         assert q(direct, "SELECT count(*) FROM fp_bouncer")[0][0] == committed[0] == 8 * 32
 
-        # A transaction left open is rolled back on return (reset="rollback"), through PgBouncer.
+        # A transaction left open is rolled back on return (every reset mode), through PgBouncer.
         conn = pool.getconn()
         q(conn, "INSERT INTO fp_bouncer (worker, n) VALUES (-1, -1)")
         pool.putconn(conn)

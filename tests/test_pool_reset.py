@@ -71,7 +71,7 @@ def borrow_twice(pool, first, second):
 
 
 # --------------------------------------------------------------------------
-# default reset="rollback"
+# transaction and client-side state (every reset mode)
 # --------------------------------------------------------------------------
 
 def test_open_transaction_not_inherited(make_pool, admin, table):
@@ -313,9 +313,9 @@ def test_discard_also_rolls_back(make_pool, admin, table):
 
 
 def test_rollback_reset_does_not_discard_session(make_pool):
-    """Default reset only rolls back: committed session state survives
-    (documents the difference with reset="discard")."""
-    pool = make_pool(min_size=1, max_size=1)
+    """reset="rollback", asked for explicitly, only rolls back: committed session
+    state survives (documents the difference with the default reset="auto")."""
+    pool = make_pool(min_size=1, max_size=1, reset="rollback")
 
     def first(conn):
         with conn.cursor() as cur:

@@ -28,13 +28,85 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
-    /* descr.__get__(obj, type(obj)) straight through the slot: no MRO walk, no dict probe. */
+    #include "structmember.h"
+
+    /* descr.__get__(obj, type(obj)) straight through the slot: no MRO walk, no dict probe.
+       Only called for an obj whose type is exactly the class descr was resolved on (checked by
+       the caller), so a member's own type check (a subtype walk) is skipped: its value is read
+       at its offset. */
     static PyObject *fastpool_descr_get(PyObject *descr, PyObject *obj) {
+        if (Py_TYPE(descr) == &PyMemberDescr_Type) {
+            PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+            char *addr = (char *)obj + m->offset;
+            if (!(m->flags & READ_RESTRICTED)) {
+                PyObject *v;
+                switch (m->type) {
+                case T_OBJECT_EX:
+                    v = *(PyObject **)addr;
+                    if (v != NULL) { Py_INCREF(v); return v; }
+                    break;  /* unset: the generic path raises AttributeError */
+                case T_OBJECT:
+                    v = *(PyObject **)addr;
+                    if (v == NULL) v = Py_None;
+                    Py_INCREF(v);
+                    return v;
+                case T_INT:
+                    return PyLong_FromLong(*(int *)addr);
+                case T_LONG:
+                    return PyLong_FromLong(*(long *)addr);
+                }
+            }
+        }
         descrgetfunc f = Py_TYPE(descr)->tp_descr_get;
         return f(descr, obj, (PyObject *)Py_TYPE(obj));
     }
+
+    /* fn(obj) for a probe method; a C method without arguments (psycopg2's
+       get_transaction_status) is called straight, its receiver's type being exact (see above). */
+    static PyObject *fastpool_call_probe(PyObject *fn, PyObject *obj) {
+        if (Py_TYPE(fn) == &PyMethodDescr_Type) {
+            PyMethodDef *m = ((PyMethodDescrObject *)fn)->d_method;
+            if ((m->ml_flags & (METH_VARARGS | METH_KEYWORDS | METH_NOARGS | METH_O
+                                | METH_FASTCALL | METH_METHOD | METH_CLASS | METH_STATIC))
+                    == METH_NOARGS)
+                return m->ml_meth(obj, NULL);
+        }
+        return PyObject_CallOneArg(fn, obj);
+    }
+
+    /* All pre-resolved probes ((descriptor or function, expected, is_call), ...) hold for conn?
+       1 yes, 0 no, -1 error. Borrowed references throughout: this runs on every clean return,
+       so the per-probe cost is a slot call and a pointer compare. An empty list expected (a
+       message box that must be empty) is a size test, not a rich comparison. */
+    static int fastpool_probes_hold(PyObject *probes, PyObject *conn) {
+        Py_ssize_t i, n = PyTuple_GET_SIZE(probes);
+        for (i = 0; i < n; i++) {
+            PyObject *p = PyTuple_GET_ITEM(probes, i);
+            PyObject *fn = PyTuple_GET_ITEM(p, 0), *expected = PyTuple_GET_ITEM(p, 1);
+            PyObject *value;
+            int ok;
+            if (PyTuple_GET_ITEM(p, 2) == Py_True)
+                value = fastpool_call_probe(fn, conn);
+            else
+                value = fastpool_descr_get(fn, conn);
+            if (value == NULL)
+                return -1;
+            if (value == expected)
+                ok = 1;
+            else if (PyList_CheckExact(value) && PyList_CheckExact(expected)
+                     && PyList_GET_SIZE(expected) == 0)
+                ok = PyList_GET_SIZE(value) == 0;
+            else
+                ok = PyObject_RichCompareBool(value, expected, Py_EQ);
+            Py_DECREF(value);
+            if (ok != 1)
+                return ok;
+        }
+        return 1;
+    }
     """
     object fastpool_descr_get(object descr, object obj)
+    int fastpool_probes_hold(object probes, object conn) except -1
 from libc.math cimport INFINITY
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -433,15 +505,8 @@ cdef class Core:
         if not slow:
             try:
                 if type(conn) is self._fast_type:
-                    for probe in self._fast_probes:
-                        if probe[2]:
-                            value = PyObject_CallOneArg(probe[0], conn)
-                        else:
-                            value = fastpool_descr_get(probe[0], conn)
-                        # identity first: expected values are small ints, None and bools
-                        if value is not probe[1] and not PyObject_RichCompareBool(value, probe[1], Py_EQ):
-                            slow = True
-                            break
+                    # identity first: expected values are small ints, None, bools and []
+                    slow = not fastpool_probes_hold(self._fast_probes, conn)
                 else:
                     for probe in self._probes:
                         if probe[2]:

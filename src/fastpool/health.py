@@ -71,8 +71,8 @@ def ping(conn: Any) -> bool:
         finally:
             if autocommit is False and not conn.closed:  # a cancel mid-query closes it
                 conn.autocommit = False
-            if dirty is False:
-                conn._fastpool_dirty = False  # the toggle above is ours, not the borrower's
+            if dirty is not None:
+                conn._fastpool_dirty = dirty  # the toggle above is ours, not the borrower's
         return True
     except Exception:
         return False

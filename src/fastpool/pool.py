@@ -225,7 +225,7 @@ class PoolPolicy:
         reconnect_timeout: float = 300.0,
         reconnect_failed: Optional[Callable[[Any], None]] = None,
         configure: Optional[Callable[[Any], None]] = None,
-        reset: Union[str, Callable[[Any], None], None] = "rollback",
+        reset: Union[str, Callable[[Any], None], None] = "auto",
         check: Union[str, Callable[[Any], Any], None] = "auto",
         leak_timeout: Optional[float] = None,
         green: Union[str, bool] = "auto",
@@ -263,9 +263,11 @@ class PoolPolicy:
         self._connect_fn = connect or psycopg2.connect
         self._kwargs = dict(kwargs or {})
         if connect is None:
-            # Our own connections record session changes in one flag (see tracking.py).
+            # Our own connections record what a borrower changed in one flag (see tracking.py);
+            # with reset="auto" their cursors also flag session-changing statements.
             self._kwargs["connection_factory"] = tracked_class(
-                self._kwargs.get("connection_factory") or psycopg2.extensions.connection
+                self._kwargs.get("connection_factory") or psycopg2.extensions.connection,
+                session=reset == "auto",
             )
         if (
             connect is None
@@ -291,6 +293,7 @@ class PoolPolicy:
         self._scrubber.learn(conninfo if isinstance(conninfo, str) else None, self._kwargs)
 
         self._defaults: Dict[str, Any] = {}
+        self._reset_every_return = reset == "discard" or callable(reset)
         self._probes_set = False
         self._opened = False
         # guards the policy's own bookkeeping, never the fast path; a real OS lock, never held
@@ -639,15 +642,23 @@ class PoolPolicy:
         if self._core_closed() or not self._slot_current(slot):
             self._retire(slot, conn)
             return
+        why: Optional[str]
         try:
-            ok = self._guarded(
-                lambda c: _reset.reset_connection(c, self._defaults, self._reset_mode, self.name), conn
+            why = self._guarded(
+                lambda c: _reset.reset_connection(
+                    c, self._defaults, self._reset_mode, self.name, self._configure
+                ),
+                conn,
             )
+            if why is False:  # the watchdog fired
+                why = f"its reset took longer than {health.ROUND_TRIP_TIMEOUT:g} s"
         except Exception as exc:
-            logger.warning("pool %r: discarding a connection that failed to reset: %s",
-                           self.name, self._scrubber.scrub(str(exc).strip()))
-            ok = False
-        if not ok:
+            why = "its reset failed: " + self._scrubber.scrub(
+                str(exc).strip() or type(exc).__name__
+            )
+        if why is not None:
+            # psycopg_pool logs the connections it closes on return at WARNING too.
+            logger.warning("pool %r: discarding a returned connection: %s", self.name, why)
             self._count_bad_return()
             self._retire(slot, conn)
         elif not self._restore(slot):
@@ -826,6 +837,10 @@ class PoolPolicy:
                 raise PoolError(
                     "configure() left the connection inside a transaction; commit or roll back in it"
                 )
+            # What configure() set is the baseline, not a borrower's change.
+            if hasattr(conn, tracking.DIRTY):
+                setattr(conn, tracking.DIRTY, tracking.CLEAN)
+            _reset.clear_messages(conn)
             if not self._probes_set:
                 self._adopt_defaults(conn)
             self._check_new(conn)
@@ -850,6 +865,11 @@ class PoolPolicy:
                 return
             self._defaults = _reset.capture(conn)
             probes = _reset.probes_for(conn, self._defaults, self._reset_mode is not None)
+            # reset="auto" on connections whose cursors cannot flag session changes (connect=
+            # made them): every return resets, as with "discard".
+            self._reset_every_return = self._reset_mode == "discard" or callable(self._reset_mode) or (
+                self._reset_mode == "auto" and not tracking.tracks_session(conn)
+            )
             self._configure_core(probes, "closed" if hasattr(conn, "closed") else None)
             self._core_set_type(type(conn))
             self._core_set_slot_attr(tracking.SLOT if tracking.is_tracked(conn) else None)
@@ -861,7 +881,7 @@ class PoolPolicy:
             self._check_after_option,
             probes,
             alive_attr,
-            self._reset_mode == "discard" or callable(self._reset_mode),
+            self._reset_every_return,
             self._leak_timeout is not None,
         )
 

@@ -823,6 +823,17 @@ def s_session() -> None:
         return out
 
     res["requests"] = [try_request(body) for _ in range(3)]
+    options = connection.settings_dict["OPTIONS"].get("pool")
+    if (options.get("reset", "auto") if isinstance(options, dict) else "auto") in ("auto", "discard"):
+        # A request that changes what configure() set: the next one must get it back.
+        def dirty() -> Dict[str, Any]:
+            with connection.cursor() as cur:
+                cur.execute("SET TIME ZONE 'UTC'")
+                cur.execute("RESET ROLE")
+            return {}
+
+        res["dirty"] = try_request(dirty)
+        res["requests"].append(try_request(body))
     res["stats"] = settled(pool)
     emit(**res)
 
