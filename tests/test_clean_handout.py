@@ -15,6 +15,7 @@ import pytest
 from psycopg2 import sql
 
 from fastpool.session import changes_session
+from helpers import count_rows
 
 ALL_MODES = ["auto", "rollback", "discard", None, "callable"]
 
@@ -55,12 +56,6 @@ def table(admin):
     yield name
     with admin.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def count_rows(admin, table):
-    with admin.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
 
 
 def fastpool_warnings(caplog):

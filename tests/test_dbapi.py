@@ -28,6 +28,7 @@ import pytest
 import fastpool
 import fastpool.pool
 from fastpool.pool import pool_class
+from helpers import count_rows
 
 EXCEPTIONS = (
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
@@ -95,12 +96,6 @@ def table(admin: Any) -> Iterator[str]:
     yield name
     with admin.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def count_rows(admin: Any, table: str) -> int:
-    with admin.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
 
 
 # -- module globals -----------------------------------------------------------------------------

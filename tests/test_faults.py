@@ -37,6 +37,7 @@ import pytest
 import fastpool
 import fastpool.health
 from fastpool import PoolError, PoolTimeout
+from helpers import wait_until
 
 FAULTS_DIR = Path(__file__).parent / "faults"
 #: the gevent script prints READY after its warm-up (~1 s) and finishes ~3 s after the restart; it
@@ -80,15 +81,6 @@ def terminate(server: Any, app: str) -> int:
             return sum(1 for (ok,) in cur.fetchall() if ok)
     finally:
         conn.close()
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-    deadline = monotonic() + timeout
-    while True:
-        value = pred()
-        if value or monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def postmaster_pid(server: Any) -> int:

@@ -25,19 +25,7 @@ import pytest
 import fastpool
 import fastpool.pool
 from fastpool.pool import pool_class
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(0.01)
-
-
-def pid_of(conn: Any) -> int:
-    return conn.info.backend_pid
+from helpers import wait_until, pid_of
 
 
 @pytest.fixture

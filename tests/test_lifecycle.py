@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from time import monotonic
-from typing import Any, Callable, List
+from typing import Any, List
 
 import psycopg2
 import pytest
@@ -22,17 +22,9 @@ import pytest
 import fastpool
 from fastpool import pool as pool_mod
 from fastpool.workers import WORKER_THREADS
+from helpers import wait_until
 
 DEAD_DSN = "host=127.0.0.1 port=1 user=postgres dbname=test connect_timeout=1"
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    deadline = monotonic() + timeout
-    while True:
-        value = pred()
-        if value or monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def backend_pid(conn: Any) -> int:

@@ -18,6 +18,7 @@ import pytest
 from conftest import dsn_to_url
 
 import fastpool
+from helpers import wait_until, pid_of, select_one, count_rows
 
 
 STATS_KEYS = {
@@ -26,28 +27,6 @@ STATS_KEYS = {
     "returns_bad", "connections_num", "connections_ms", "connections_errors",
     "connections_lost", "usage_ms", "connections_reclaimed",
 }
-
-
-def wait_until(pred, timeout=5.0, interval=0.02):
-    """Poll ``pred`` until it returns a truthy value or ``timeout`` passes;
-    return the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def pid_of(conn):
-    # libpq knows it: no query, so no transaction is opened
-    return conn.get_backend_pid()
-
-
-def select_one(conn):
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1")
-        return cur.fetchone()[0]
 
 
 @pytest.fixture
@@ -59,12 +38,6 @@ def table(admin):
     yield name
     with admin.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def count_rows(admin, table):
-    with admin.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
 
 
 # --------------------------------------------------------------------------

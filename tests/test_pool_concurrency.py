@@ -8,35 +8,7 @@ import time
 import pytest
 
 import fastpool
-
-
-def wait_until(pred, timeout=5.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def select_one(conn):
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1")
-        return cur.fetchone()[0]
-
-
-def _consistent(st):
-    return (st["requests_waiting"] == 0 and st["pool_available"] == st["pool_size"]
-            and st["pool_size"] <= st["pool_max"])
-
-
-def assert_consistent(pool):
-    # background work (prewarm, replacement) may still be settling
-    wait_until(lambda: _consistent(pool.stats()), timeout=3)
-    st = pool.stats()
-    assert st["requests_waiting"] == 0, st
-    assert st["pool_available"] == st["pool_size"], st
-    assert st["pool_size"] <= st["pool_max"], st
+from helpers import wait_until, select_one, assert_consistent
 
 
 def take_all(pool, n, timeout=5.0):

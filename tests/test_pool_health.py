@@ -6,46 +6,13 @@ import time
 import psycopg2
 import psycopg2.extensions as ext
 import pytest
-
-
-def wait_until(pred, timeout=5.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def pid_of(conn):
-    # libpq knows it: no query, so no transaction is opened
-    return conn.get_backend_pid()
-
-
-def select_one(conn):
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1")
-        return cur.fetchone()[0]
+from helpers import wait_until, pid_of, select_one, assert_consistent
 
 
 def terminate(admin, pids):
     with admin.cursor() as cur:
         for pid in pids:
             cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-
-
-def _consistent(st):
-    return (st["requests_waiting"] == 0 and st["pool_available"] == st["pool_size"]
-            and st["pool_size"] <= st["pool_max"])
-
-
-def assert_consistent(pool):
-    # background work (prewarm, replacement) may still be settling
-    wait_until(lambda: _consistent(pool.stats()), timeout=3)
-    st = pool.stats()
-    assert st["requests_waiting"] == 0, st
-    assert st["pool_available"] == st["pool_size"], st
-    assert st["pool_size"] <= st["pool_max"], st
 
 
 # --------------------------------------------------------------------------

@@ -3,46 +3,18 @@ session attributes (autocommit, isolation, readonly, deferrable), and with
 reset="discard" all session state (GUCs, role, temp tables, prepared
 statements, advisory locks). Broken connections are not reused."""
 
-import time
 import uuid
 
 import psycopg2
 import psycopg2.extensions as ext
 import pytest
-
-
-def wait_until(pred, timeout=5.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def pid_of(conn):
-    # libpq knows it: no query, so no transaction is opened
-    return conn.get_backend_pid()
+from helpers import wait_until, pid_of, assert_consistent
 
 
 def scalar(conn, sql, args=None):
     with conn.cursor() as cur:
         cur.execute(sql, args)
         return cur.fetchone()[0]
-
-
-def _consistent(st):
-    return (st["requests_waiting"] == 0 and st["pool_available"] == st["pool_size"]
-            and st["pool_size"] <= st["pool_max"])
-
-
-def assert_consistent(pool):
-    # background work (prewarm, replacement) may still be settling
-    wait_until(lambda: _consistent(pool.stats()), timeout=3)
-    st = pool.stats()
-    assert st["requests_waiting"] == 0, st
-    assert st["pool_available"] == st["pool_size"], st
-    assert st["pool_size"] <= st["pool_max"], st
 
 
 @pytest.fixture
