@@ -25,6 +25,11 @@ from psycopg2 import extensions
 
 import _common as C
 
+# A process started in the background by a non-interactive shell (`cmd &`, as a CI runner or
+# nohup may do) inherits SIGINT as ignored, and Python then installs no KeyboardInterrupt
+# handler: these scenarios test what Ctrl-C does, so they make sure it raises.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def _interrupt_getconn(pool: object, after: float) -> float:
     timer = threading.Timer(after, os.kill, (os.getpid(), signal.SIGINT))
