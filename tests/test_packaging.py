@@ -77,7 +77,10 @@ def test_no_compiler_installs_the_python_core_with_a_warning(tmp_path: Path) -> 
     # -S: no site-packages, so neither this checkout's editable install nor anything else
     # can stand in for the wheel just installed.
     code = "import fastpool; print(fastpool.__impl__, fastpool.__file__)"
+    # Without FASTPOOL_IMPL: a lane that forces the C core (FASTPOOL_IMPL=c) must not force it
+    # on a wheel that has none; the wheel must choose the Python core by itself.
+    env = {k: v for k, v in os.environ.items() if k != "FASTPOOL_IMPL"}
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, PYTHONPATH=str(target)), cwd=tmp_path)
+                         env=dict(env, PYTHONPATH=str(target)), cwd=tmp_path)
     impl, _, path = out.stdout.strip().partition(" ")
     assert impl == "python" and path.startswith(str(target)), out.stdout + out.stderr
