@@ -93,4 +93,5 @@ cdef class Core:
     cdef void _unreserve(self, int slot)
     cdef int _reserve_slot(self)
     cdef list _grow_slots(self)
+    cdef list _end_waiters(self, int state)
     cdef void _compact_waiters(self)

@@ -809,29 +809,25 @@ cdef class Core:
 
     def _close_core(self):
         """Mark closed and fail every waiter; returns the waiters to wake."""
-        cdef Waiter w
-        cdef list failed = []
         self._closed = True
-        while self._waiters:
-            w = <Waiter>self._waiters.popleft()
-            if w.state == WAITING:
-                w.state = CLOSED
-                self._nwaiting -= 1
-                failed.append(w)
-        return failed
+        return self._end_waiters(CLOSED)
 
     def _fail_waiters(self):
         """Fail every waiter (the policy knows no connection can be made for them); returns the
         waiters to wake. The pool stays open; later getconn calls queue as usual."""
+        return self._end_waiters(FAILED)
+
+    cdef list _end_waiters(self, int state):
+        # Every live waiter ends in ``state`` (CLOSED or FAILED); cancelled leftovers are dropped.
         cdef Waiter w
-        cdef list failed = []
+        cdef list ended = []
         while self._waiters:
             w = <Waiter>self._waiters.popleft()
             if w.state == WAITING:
-                w.state = FAILED
+                w.state = state
                 self._nwaiting -= 1
-                failed.append(w)
-        return failed
+                ended.append(w)
+        return ended
 
     def _set_max(self, int max_size):
         self._grow_capacity(max_size)

@@ -689,27 +689,25 @@ class Core:
         """Mark closed and fail every waiter; returns the waiters to wake."""
         with self._lock:
             self._closed = True
-            failed = []
-            while self._waiters:
-                w = self._waiters.popleft()
-                if w.state == WAITING:
-                    w.state = CLOSED
-                    self._nwaiting -= 1
-                    failed.append(w)
-        return failed
+            return self._end_waiters(CLOSED)
 
     def _fail_waiters(self) -> List[Waiter]:
         """Fail every waiter (the policy knows no connection can be made for them); returns the
         waiters to wake. The pool stays open; later getconn calls queue as usual."""
         with self._lock:
-            failed = []
-            while self._waiters:
-                w = self._waiters.popleft()
-                if w.state == WAITING:
-                    w.state = FAILED
-                    self._nwaiting -= 1
-                    failed.append(w)
-        return failed
+            return self._end_waiters(FAILED)
+
+    def _end_waiters(self, state: int) -> List[Waiter]:
+        # Caller holds self._lock. Every live waiter ends in ``state`` (CLOSED or FAILED);
+        # cancelled leftovers are dropped.
+        ended = []
+        while self._waiters:
+            w = self._waiters.popleft()
+            if w.state == WAITING:
+                w.state = state
+                self._nwaiting -= 1
+                ended.append(w)
+        return ended
 
     def _set_max(self, max_size: int) -> None:
         with self._lock:
