@@ -21,12 +21,25 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-INF = math.inf
+from fastpool import _states
+from fastpool._states import (
+    CANCELLED,
+    CLOSED,
+    CONNECTING,
+    DONE,
+    EMPTY,
+    ENQUEUED,
+    FAILED,
+    FULL,
+    HANDED,
+    IDLE,
+    IN_USE,
+    RESERVED,
+    RETRY,
+    WAITING,
+)
 
-# Slot states and waiter states (same numbers in both cores).
-EMPTY, CONNECTING, IDLE, IN_USE, RESERVED = 0, 1, 2, 3, 4
-WAITING, HANDED, DONE, CANCELLED, CLOSED, FAILED = 0, 1, 2, 3, 4, 5
-ENQUEUED, RETRY, FULL = 0, 1, 2
+INF = math.inf
 
 _MODULES = {"c": "fastpool._core", "python": "fastpool._core_py"}
 _IDS = {"c": "c", "python": "py"}
@@ -283,6 +296,15 @@ def test_fifo_hands_out_the_oldest(make: Any) -> None:
         ring.putconn(x)
     assert [ring.getconn(), ring.getconn(), ring.getconn()] == [c, a, b]
     ring._check_invariants()
+
+
+def test_state_numbers_agree() -> None:
+    """The compiled core's C enums carry the numbers fastpool._states names (one meaning each)."""
+    if "c" not in _selected():
+        pytest.skip("the compiled core is not under test")
+    compiled = importlib.import_module(_MODULES["c"])
+    named = {k: v for k, v in vars(_states).items() if k.isupper()}
+    assert compiled._C_STATES == named
 
 
 def test_counts_and_slot_states(make: Any) -> None:

@@ -1,5 +1,7 @@
 # The compiled ring's layout (see _core.pyx for the algorithm and invariants).
 
+# The state numbers of fastpool/_states.py as C constants (folded into the code, no global
+# lookup); tests/test_core_ring.py::test_state_numbers_agree checks they are the same numbers.
 cdef enum SlotState:
     EMPTY = 0
     CONNECTING = 1
@@ -14,6 +16,12 @@ cdef enum WaiterState:
     CANCELLED = 3
     CLOSED = 4
     FAILED = 5
+
+cdef enum EnqueueResult:
+    ENQUEUED = 0
+    RETRY = 1
+    FULL = 2
+    CLOSED_POOL = 3
 
 
 cdef class Waiter:

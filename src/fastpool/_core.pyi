@@ -2,11 +2,6 @@
 # the same API. Underscore methods are the mechanism the policy layer (fastpool.pool) drives.
 from typing import Any, Callable, List, Optional, Tuple
 
-STATE_NAMES: Tuple[str, ...]
-ENQUEUED: int
-RETRY: int
-FULL: int
-CLOSED_POOL: int
 
 class Waiter:
     state: int

@@ -113,9 +113,6 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 import weakref
 from collections import deque
 
-STATE_NAMES = ("EMPTY", "CONNECTING", "IDLE", "IN_USE", "RESERVED")
-# _enqueue results
-ENQUEUED, RETRY, FULL, CLOSED_POOL = 0, 1, 2, 3
 #: getconn calls between two _on_tick() policy calls: the policy gets a cheap periodic look at
 #: the world (e.g. monkey-patching that happened after the pool was made) off the hot path.
 DEF TICK_EVERY = 1024
@@ -943,3 +940,11 @@ cdef void *_realloc(void *p, size_t n) except NULL:
     if q == NULL:
         raise MemoryError()
     return q
+
+
+# The C enums' numbers by name, for tests/test_core_ring.py::test_state_numbers_agree.
+_C_STATES = {
+    "EMPTY": EMPTY, "CONNECTING": CONNECTING, "IDLE": IDLE, "IN_USE": IN_USE, "RESERVED": RESERVED,
+    "WAITING": WAITING, "HANDED": HANDED, "DONE": DONE, "CANCELLED": CANCELLED, "CLOSED": CLOSED,
+    "FAILED": FAILED, "ENQUEUED": ENQUEUED, "RETRY": RETRY, "FULL": FULL, "CLOSED_POOL": CLOSED_POOL,
+}

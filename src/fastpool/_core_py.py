@@ -54,15 +54,23 @@ from time import monotonic as now
 from typing import Any, Callable, List, Optional, Tuple
 
 from . import _original
-
-EMPTY, CONNECTING, IDLE, IN_USE, RESERVED = 0, 1, 2, 3, 4
-STATE_NAMES = ("EMPTY", "CONNECTING", "IDLE", "IN_USE", "RESERVED")
-
-# Waiter states.
-WAITING, HANDED, DONE, CANCELLED, CLOSED, FAILED = 0, 1, 2, 3, 4, 5
-
-# _enqueue results.
-ENQUEUED, RETRY, FULL, CLOSED_POOL = 0, 1, 2, 3
+from ._states import (
+    CANCELLED,
+    CLOSED,
+    CLOSED_POOL,
+    CONNECTING,
+    DONE,
+    EMPTY,
+    ENQUEUED,
+    FAILED,
+    FULL,
+    HANDED,
+    IDLE,
+    IN_USE,
+    RESERVED,
+    RETRY,
+    WAITING,
+)
 
 INF = math.inf
 #: getconn calls between two _on_tick() policy calls (see _core.pyx).

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
 import psycopg2
 
 from . import _impl, _original, fork, green as _green, health, rejection, reset as _reset, timings
+from ._states import CLOSED, CLOSED_POOL, FAILED, FULL, RETRY
 from .conninfo import ConnInfo, Scrubber, conninfo_problem, describe, validate_conninfo
 from .errors import ConnectionRejected, PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
 from . import tracking
@@ -482,7 +483,7 @@ class PoolPolicy:
                 if conn is not None:
                     self.putconn(conn)
                 raise
-            if r == 1:  # RETRY: a connection became free between the miss and the enqueue
+            if r == RETRY:  # a connection became free between the miss and the enqueue
                 conn = self._try_get(max(deadline - monotonic(), 1e-6))
                 if conn is not None:
                     hook = self._waited_hook
@@ -490,9 +491,9 @@ class PoolPolicy:
                         hook(monotonic() - start)
                     return conn
                 continue
-            if r == 3:  # CLOSED_POOL: close() ran since the check above
+            if r == CLOSED_POOL:  # close() ran since the check above
                 raise PoolClosed(f"pool {self.name!r} is closed")
-            if r == 2:  # FULL
+            if r == FULL:
                 self._requests_errors += 1
                 raise TooManyRequests(
                     f"pool {self.name!r}: {self._max_waiting} requests already waiting (max_waiting)"
@@ -529,9 +530,9 @@ class PoolPolicy:
                 self._on_checkout(self._slot_for(conn))
             return conn
         self._requests_errors += 1
-        if waiter.state == 4:  # CLOSED
+        if waiter.state == CLOSED:
             raise PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
-        if waiter.state == 5:  # FAILED: the attempt made for us was refused for good
+        if waiter.state == FAILED:  # the attempt made for us was refused for good
             raise self._rejection()
         self._requests_timeouts += 1
         c = self._counts()
