@@ -19,15 +19,26 @@ Contenders (gevent)::
     django-pool        Django's native pool on psycopg 3, OPTIONS pool min_size=2 max_size=10
     django_fastpool    ENGINE django_fastpool, OPTIONS pool max_size=10 (no psycogreen)
     django_fastpool-request   same with OPTIONS pool hold="request" (the rule before issue 10)
+    pgbouncer-0        a private PgBouncer (``pgbouncer`` on PATH; transaction mode, pool of
+                       workers x max_size = 20 server connections) + stock-0+green
+    pgbouncer-60       same with CONN_MAX_AGE=60 (each greenlet keeps its PgBouncer client
+                       connection; PgBouncer bounds the server side)
 
 Eventlet variant (``--hubs gevent,eventlet``, the default): stock-60+green, the bounded peers
-and django_fastpool.  Django's native pool under eventlet runs with
+and django_fastpool.
+
+Client modes (``--clients keepalive,close``, the default): wrk's HTTP/1.1 keep-alive, and
+``-H "Connection: close"`` (a new HTTP connection, and a new greenlet, per request, as behind
+nginx's default ``proxy_http_version 1.0``). One table per hub and client mode; the target is
+judged in each table separately.  Django's native pool under eventlet runs with
 ``PSYCOPG_WAIT_FUNC=wait_select`` (psycopg 3 detects only gevent's patching by itself; its C
 wait would block the whole process).
 
-Bounded = geventpool, django-pool, django_fastpool (cap = workers x max_size = 20).  Target for
-django_fastpool: peak server connections <= cap, zero errors, req/s >= 1.15 x the best other
-bounded peer.
+Bounded = geventpool, django-pool, pgbouncer-*, django_fastpool (cap = workers x max_size = 20).
+Target for django_fastpool: peak server connections <= cap at every sample (the sampler starts
+before the site, so start-up counts), zero errors, req/s >= 1.15 x the best other bounded peer
+that stayed within its cap (a peer over its cap is shown, with its peak, but is no yardstick).
+The 1-minute load average at the end of each measurement is in each row: the box is shared.
 
 The server: by default a private PostgreSQL (the pgserver package's binaries, run as the
 ``pgserver`` user) on a free port with max_connections=300 and timezone=UTC, so the unbounded
@@ -37,7 +48,7 @@ max_connections=100: then the unbounded contenders' errors are the finding).
 
 Usage::
 
-    python benchmarks/django_gunicorn/run.py                   # about 4 minutes
+    python benchmarks/django_gunicorn/run.py                   # about 10 minutes
     python benchmarks/django_gunicorn/run.py --quick           # -d3s, about 2 minutes
     python benchmarks/django_gunicorn/run.py --only django_fastpool,django-pool --hubs gevent
     python benchmarks/django_gunicorn/run.py --json out.json --md out.md --chart seed.png
@@ -68,7 +79,6 @@ from typing import Any, Dict, List, Optional
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 TARGET_RATIO = 1.15
-BOUNDED = ("geventpool", "django-pool", "django_fastpool")
 
 
 @dataclass
@@ -80,6 +90,7 @@ class Contender:
     bounded: bool = False
     env: Dict[str, str] = field(default_factory=dict)
     label: str = ""
+    pgbouncer: bool = False      # the site talks to a PgBouncer (transaction mode) in front of the server
 
 
 def contenders(max_size: int) -> List[Contender]:
@@ -94,6 +105,12 @@ def contenders(max_size: int) -> List[Contender]:
                   label=f"Django native pool (psycopg 3), max_size={max_size}"),
         Contender("django_fastpool", "fastpool", 0, False, True,
                   label=f"django_fastpool max_size={max_size}"),
+        # The answer the seeds recommend: PgBouncer in transaction mode, pool of workers x max_size
+        # server connections, in front of the stock backend with psycogreen.
+        Contender("pgbouncer-0", "stock", 0, True, True, pgbouncer=True,
+                  label="PgBouncer transaction pool 20 + stock psycopg2 + psycogreen, CONN_MAX_AGE=0"),
+        Contender("pgbouncer-60", "stock", 60, True, True, pgbouncer=True,
+                  label="PgBouncer transaction pool 20 + stock psycopg2 + psycogreen, CONN_MAX_AGE=60"),
         # The old holding rule, to show what hold="transaction" (the default) costs or gains;
         # django_fastpool itself, so not a peer in the target comparison.
         Contender("django_fastpool-request", "fastpool", 0, False, True, {"BENCH_POOL_HOLD": "request"},
@@ -101,7 +118,11 @@ def contenders(max_size: int) -> List[Contender]:
     ]
 
 
-EVENTLET_SET = ("stock-60+green", "geventpool", "django-pool", "django_fastpool")
+EVENTLET_SET = ("stock-60+green", "pgbouncer-0", "pgbouncer-60", "geventpool", "django-pool", "django_fastpool")
+# What `Connection:` header wrk's clients send: keep-alive (wrk's default, one HTTP connection per
+# client for the whole run) or close (a new HTTP connection -- and a new greenlet -- per request,
+# as behind nginx's default proxy_http_version 1.0).
+CLIENT_MODES = ("keepalive", "close")
 
 
 # ---------------------------------------------------------------------------- the server
@@ -149,6 +170,73 @@ class PrivateServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+PGB_ROLE = "djbench_pgbouncer"  # the role PgBouncer's server connections log in as (the sampler counts it)
+
+
+class PgBouncer:
+    """A private PgBouncer (transaction pooling, ``pool_size`` server connections) on a free port
+    of 127.0.0.1 in front of ``dsn``'s server. Its server connections log in as ``PGB_ROLE``
+    (created here, trust auth) so the sampler can count them: PgBouncer passes each client's
+    ``application_name`` on to whichever server connection serves it, so that name says nothing."""
+
+    def __init__(self, dsn: str, pool_size: int, max_client_conn: int = 2000):
+        import psycopg2
+
+        db = parse_dsn(dsn)
+        c = psycopg2.connect(dsn)
+        c.autocommit = True
+        with c.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PGB_ROLE,))
+            if cur.fetchone() is None:
+                cur.execute(f"CREATE ROLE {PGB_ROLE} LOGIN SUPERUSER")
+        c.close()
+        self.root = Path(tempfile.mkdtemp(prefix="djbench_pgb_"))
+        self.port = free_port()
+        self.dbname = db["dbname"]
+        users = {PGB_ROLE, db.get("user", "postgres")}  # trust auth still wants the names listed
+        (self.root / "users.txt").write_text("".join(f'"{u}" ""\n' for u in sorted(users)))
+        (self.root / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"{self.dbname} = host={db.get('host', '127.0.0.1')} port={db.get('port', '5432')} "
+            f"dbname={self.dbname} user={PGB_ROLE}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.root / 'users.txt'}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmin_pool_size = 0\n"
+            f"reserve_pool_size = 0\nmax_db_connections = {pool_size}\n"
+            f"max_client_conn = {max_client_conn}\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+            f"logfile = {self.root / 'pgbouncer.log'}\npidfile = {self.root / 'pgbouncer.pid'}\n"
+            "log_connections = 0\nlog_disconnections = 0\n")
+        cmd = ["pgbouncer", "-d", str(self.root / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # PgBouncer refuses to run as root
+            shutil.chown(self.root, "postgres")
+            for f in self.root.iterdir():
+                shutil.chown(f, "postgres")
+            cmd[1:1] = ["-u", "postgres"]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"pgbouncer did not listen: {(self.root / 'pgbouncer.log').read_text()[-500:]}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        try:
+            pid = int((self.root / "pgbouncer.pid").read_text())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.05)
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 def shlex_quote(s: str) -> str:
     import shlex
 
@@ -171,16 +259,19 @@ def parse_dsn(dsn: str) -> Dict[str, str]:
 
 # ---------------------------------------------------------------------------- sampling
 class Sampler(threading.Thread):
-    """Counts client backends with one application_name every `interval` s, from its own
-    connection (a plain OS thread of the unpatched driver process)."""
+    """Counts client backends with one application_name (or, for a PgBouncer contender, logged in
+    as PGB_ROLE) every `interval` s, from its own connection (a plain OS thread of the unpatched
+    driver process). It starts before the contender's server, so start-up connections count."""
 
-    def __init__(self, dsn: str, dbname: str, appname: str, interval: float = 0.05):
+    def __init__(self, dsn: str, dbname: str, appname: str, interval: float = 0.05, by_role: bool = False):
         super().__init__(daemon=True)
         import psycopg2
 
         self.conn = psycopg2.connect(dsn, application_name="djbench-sampler")
         self.conn.autocommit = True
         self.dbname, self.appname, self.interval = dbname, appname, interval
+        self.column = "usename" if by_role else "application_name"
+        self.value = PGB_ROLE if by_role else appname
         self.peak = 0
         self.samples: List[tuple] = []
         self.marks: Dict[str, int] = {}
@@ -190,7 +281,7 @@ class Sampler(threading.Thread):
     def count(self) -> int:
         with self.conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                        "AND datname = %s AND application_name = %s", (self.dbname, self.appname))
+                        f"AND datname = %s AND {self.column} = %s", (self.dbname, self.value))
             return cur.fetchone()[0]
 
     def run(self) -> None:
@@ -227,7 +318,7 @@ class Sampler(threading.Thread):
             time.sleep(0.1)
         with self.conn.cursor() as cur:
             cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE application_name = %s", (self.appname,))
+                        f"WHERE {self.column} = %s", (self.value,))
             return cur.fetchone()[0]
 
     def close(self) -> None:
@@ -267,8 +358,10 @@ def parse_wrk(out: str) -> Dict[str, Any]:
     return r
 
 
-def run_wrk(url: str, threads: int, conns: int, duration: str, timeout_s: int = 2) -> str:
+def run_wrk(url: str, threads: int, conns: int, duration: str, timeout_s: int = 2, client: str = "keepalive") -> str:
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}", f"--timeout={timeout_s}s", "--latency", url]
+    if client == "close":
+        cmd[1:1] = ["-H", "Connection: close"]
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
@@ -351,22 +444,25 @@ def error_kinds(logpath: Path) -> Dict[str, int]:
 
 
 def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir: Path,
-            profile: bool = False) -> Dict[str, Any]:
+            profile: bool = False, client: str = "keepalive") -> Dict[str, Any]:
     db = parse_dsn(dsn)
     port = free_port()
     appname = f"djbench-{c.name}-{hub}-{os.getpid()}"
-    logpath = workdir / f"{hub}-{c.name}.log"
-    sampler = Sampler(dsn, db["dbname"], appname, args.interval)
+    logpath = workdir / f"{hub}-{client}-{c.name}.log"
+    bouncer = PgBouncer(dsn, args.workers * args.max_size) if c.pgbouncer else None
+    if bouncer is not None:
+        db = {**db, "host": "127.0.0.1", "port": str(bouncer.port)}
+    sampler = Sampler(dsn, parse_dsn(dsn)["dbname"], appname, args.interval, by_role=bouncer is not None)
     sampler.start()
     p = start_server(c, hub, port, args.workers, args.max_size, db, appname, logpath)
     url = f"http://127.0.0.1:{port}/"
-    res: Dict[str, Any] = {"name": c.name, "hub": hub, "label": c.label, "bounded": c.bounded,
+    res: Dict[str, Any] = {"name": c.name, "hub": hub, "client": client, "label": c.label, "bounded": c.bounded,
                            "cap": args.workers * args.max_size if c.bounded else None}
     try:
         res["info"] = wait_ready(url, p)
         if c.backend == "native" and "fastpool=0" not in res["info"]:
             raise RuntimeError(f"Django native pool contender imported fastpool: {res['info']}")
-        run_wrk(url, args.threads, args.connections, args.warmup)  # warm-up (connections, code paths)
+        run_wrk(url, args.threads, args.connections, args.warmup, client=client)  # warm-up (connections, code paths)
         sampler.mark("measure")
         prof = None
         if profile:
@@ -378,8 +474,9 @@ def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             res["profile_file"] = str(prof_out)
         cpu0 = _cpu_times(p.pid)
-        out = run_wrk(url, args.threads, args.connections, f"{args.seconds:g}s")
+        out = run_wrk(url, args.threads, args.connections, f"{args.seconds:g}s", client=client)
         res["server_cpu_s"] = _cpu_times(p.pid) - cpu0
+        res["load1"] = os.getloadavg()[0]  # the machine's 1-minute load average at the end of the run
         if prof is not None:
             prof.wait(30)
         res.update(parse_wrk(out))
@@ -399,6 +496,8 @@ def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir:
         sampler.stop()
         res["stragglers_terminated"] = sampler.wait_gone()
         sampler.close()
+        if bouncer is not None:
+            bouncer.stop()
     res["peak"] = sampler.peak
     res["sampler_errors"] = sampler.errors
     res["samples"] = len(sampler.samples)
@@ -455,6 +554,7 @@ def combine(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
                                             "socket_errors", "cpu_ms_per_req", "background_busy")}
                      for r in rounds]
     out["ok_rps_all"] = [round(r["ok_rps"]) for r in rounds]
+    out["load1_all"] = [r.get("load1", float("nan")) for r in rounds]
     out["peak"] = max(r["peak"] for r in rounds)
     out["errors_all"] = sum(r["errors"] for r in rounds)
     out["non2xx_all"] = sum(r.get("non2xx", 0) for r in rounds)
@@ -467,7 +567,10 @@ def combine(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def best_peer(results: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    peers = [r for r in results if r["bounded"] and not r["name"].startswith("django_fastpool")]
+    """The fastest bounded peer that stayed bounded: a peer whose peak went over its cap
+    (django-db-geventpool does) is shown with its peak but is not the yardstick."""
+    peers = [r for r in results if r["bounded"] and not r["name"].startswith("django_fastpool")
+             and r["peak"] <= r["cap"]]
     return max(peers, key=lambda r: r["ok_rps"], default=None)
 
 
@@ -491,13 +594,16 @@ def fmt_table(results: List[Dict[str, Any]]) -> str:
     peer = best_peer(results)
     base = peer["ok_rps"] if peer and peer["ok_rps"] else None
     lines = ["| contender | req/s (2xx) | ratio vs best bounded peer | p50 ms | p99 ms | peak server conns | "
-             "cap (workers×max_size) | errors (non-2xx + socket) | worker CPU ms/req | 2xx req/s, every round |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "cap (workers×max_size) | errors (non-2xx + socket) | worker CPU ms/req | 2xx req/s, every round | "
+             "load avg (1 min) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         ratio = f"{r['ok_rps'] / base:.2f}×" if base else "–"
         if peer and r["name"] == peer["name"]:
             ratio += " (best peer)"
         cap = str(r["cap"]) if r["cap"] else "unbounded"
+        if r["cap"] and r["peak"] > r["cap"]:
+            cap += " (over: not counted)"
         err = f"{r['errors']}"
         if r["errors"]:
             err += f" ({r.get('non2xx', 0)} + {r.get('socket_errors', 0)})"
@@ -507,7 +613,8 @@ def fmt_table(results: List[Dict[str, Any]]) -> str:
             err += " FAILED: " + r["failed"].replace("|", "/").replace("\n", " ")[:120]
         lines.append(f"| {r['label'] or r['name']} | {r['ok_rps']:.0f} | {ratio} | {r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | {r['peak']} | {cap} | {err} | {r.get('cpu_ms_per_req', float('nan')):.2f} | "
-                     f"{' / '.join(str(x) for x in r.get('ok_rps_all', []))} |")
+                     f"{' / '.join(str(x) for x in r.get('ok_rps_all', []))} | "
+                     f"{' / '.join(f'{x:.1f}' for x in r.get('load1_all', []))} |")
     return "\n".join(lines)
 
 
@@ -567,6 +674,8 @@ def main() -> int:
     ap.add_argument("--max-size", type=int, default=10)
     ap.add_argument("--interval", type=float, default=0.05, help="pg_stat_activity sampling period")
     ap.add_argument("--hubs", default="gevent,eventlet")
+    ap.add_argument("--clients", default=",".join(CLIENT_MODES),
+                    help="wrk client modes: keepalive (HTTP/1.1 keep-alive) and/or close (`Connection: close`)")
     ap.add_argument("--only", default=None, help="comma-separated contender names")
     ap.add_argument("--repeat", type=int, default=1, help="rounds (best round's req/s, highest peak)")
     ap.add_argument("--dsn", default=None, help="use this server instead of a private one")
@@ -596,10 +705,18 @@ def main() -> int:
     if only and only - set(all_c):
         ap.error(f"unknown contenders: {sorted(only - set(all_c))}; known: {list(all_c)}")
     hubs = [h for h in args.hubs.split(",") if h]
+    clients = [m for m in args.clients.split(",") if m]
+    if set(clients) - set(CLIENT_MODES):
+        ap.error(f"--clients: {sorted(set(clients) - set(CLIENT_MODES))}; known: {CLIENT_MODES}")
+    # one table per (hub, client mode), keyed "hub/client"
     plan: Dict[str, List[Contender]] = {}
     for hub in hubs:
         names = list(all_c) if hub == "gevent" else list(EVENTLET_SET)
-        plan[hub] = [all_c[n] for n in names if not only or n in only]
+        for client in clients:
+            plan[f"{hub}/{client}"] = [all_c[n] for n in names if not only or n in only]
+    if any(c.pgbouncer for cs in plan.values() for c in cs) and not shutil.which("pgbouncer"):
+        print("pgbouncer not found: apt-get install -y pgbouncer (or --only without pgbouncer-*)", file=sys.stderr)
+        return 2
 
     server = None
     dsn = args.dsn
@@ -624,30 +741,32 @@ def main() -> int:
 
     by_hub: Dict[str, List[Dict[str, Any]]] = {}
     try:
-        for hub, cs in plan.items():
+        for key, cs in plan.items():
+            hub, client = key.split("/")
             rounds: Dict[str, List[Dict[str, Any]]] = {c.name: [] for c in cs}
             for rnd in range(args.repeat):
                 order = cs[rnd % len(cs):] + cs[:rnd % len(cs)] if cs else cs
                 for c in order:
                     busy = wait_quiet(args.max_busy, args.wait_quiet)
-                    r = run_one(c, hub, args, dsn, workdir)
+                    r = run_one(c, hub, args, dsn, workdir, client=client)
                     r["background_busy"] = round(busy, 3)
                     rounds[c.name].append(r)
-                    print(f"{hub:8} {c.name:16} {r['ok_rps']:8.0f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+                    print(f"{key:18} {c.name:16} {r['ok_rps']:8.0f} req/s  p50 {r['p50_ms']:7.1f} ms  "
                           f"p99 {r['p99_ms']:7.1f} ms  peak {r['peak']:3d}  errors {r['errors']}"
                           + (f" ({r.get('non2xx', 0)} non-2xx; {r['socket_detail']})" if r["errors"] else "")
                           + f"  server CPU {r.get('server_cpu_s', 0) / args.seconds:.2f} cores, "
-                          f"{r.get('cpu_ms_per_req', float('nan')):.2f} ms/req; machine busy before {100 * busy:.0f}%"
+                          f"{r.get('cpu_ms_per_req', float('nan')):.2f} ms/req; machine busy before {100 * busy:.0f}%; "
+                          f"load {r.get('load1', float('nan')):.1f}"
                           + (f"  FAILED {r['failed']}" if r.get("failed") else "")
                           + (f"  [{'; '.join(f'{v}× {k}' for k, v in list(r['error_kinds'].items())[:2])}]"
                              if r["error_kinds"] else ""), flush=True)
                     time.sleep(1.0)
-            by_hub[hub] = [combine(rounds[c.name]) for c in cs]
+            by_hub[key] = [combine(rounds[c.name]) for c in cs]
         profile = None
         if args.profile:
             pname, _, hub0 = args.profile.partition("@")
             hub0 = hub0 or hubs[0]
-            r = run_one(all_c[pname], hub0, args, dsn, workdir, profile=True)
+            r = run_one(all_c[pname], hub0, args, dsn, workdir, profile=True, client=clients[0])
             profile = {"contender": args.profile, "hub": hub0, "rps": r["rps"], "file": r.get("profile_file"),
                        "top": summarize_profile(Path(r["profile_file"])) if r.get("profile_file") else None}
             print(f"# profile {args.profile} ({hub0}): {r['rps']:.0f} req/s under py-spy; raw stacks "
@@ -667,17 +786,20 @@ def main() -> int:
           f"(other jobs only slow a round down), peak = highest of all rounds; {platform.python_implementation()} "
           f"{platform.python_version()}.", ""]
     verdicts = {}
-    for hub, results in by_hub.items():
-        worker = "gunicorn -k gevent -w 2" if hub == "gevent" else "eventlet.wsgi.server × 2 processes"
-        md += [f"#### {hub} ({worker})", "", fmt_table(results), ""]
+    for key, results in by_hub.items():
+        hub, client = key.split("/")
+        worker = (f"gunicorn -k gevent -w {args.workers}" if hub == "gevent"
+                  else f"eventlet.wsgi.server × {args.workers} processes")
+        mode = "keep-alive clients" if client == "keepalive" else "`Connection: close` clients"
+        md += [f"#### {hub} ({worker}), {mode}", "", fmt_table(results), ""]
         v = verdict(results, cap)
-        verdicts[hub] = v
+        verdicts[key] = v
         if v:
-            md += [fmt_verdict(v, hub), ""]
+            md += [fmt_verdict(v, key), ""]
         errs = [(r["name"], r["error_kinds"]) for r in results if r["error_kinds"]]
         for name, kinds in errs:
             top = sorted(kinds.items(), key=lambda kv: -kv[1])[:3]
-            md.append(f"- {name} ({hub}) errors logged: " + "; ".join(f"{n}× `{k}`" for k, n in top))
+            md.append(f"- {name} ({key}) errors logged: " + "; ".join(f"{n}× `{k}`" for k, n in top))
         if errs:
             md.append("")
     text = "\n".join(md)
