@@ -298,8 +298,10 @@ class PoolPolicy:
         self._probes_set = False
         self._opened = False
         # guards the policy's own bookkeeping, never the fast path; a real OS lock, never held
-        # across a greenlet switch
-        self._lock = _original.allocate_lock()
+        # across a greenlet switch. Not "_lock": the Python core has a lock of that name, and one
+        # attribute for both would make the policy's lock the core's (holding it while calling
+        # into the core would then deadlock): tests/test_pool_layers.py keeps the names apart.
+        self._policy_lock = _original.allocate_lock()
         # stats kept by the policy (the core counts the fast-path ones)
         self._requests_wait = 0.0
         self._requests_errors = 0
@@ -341,7 +343,7 @@ class PoolPolicy:
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Start the pool: prewarm ``min_size`` connections in the background."""
-        with self._lock:
+        with self._policy_lock:
             already = self._opened
             if already and self._core_closed():
                 raise PoolClosed(f"pool {self.name!r} was closed and cannot be reopened")
@@ -380,7 +382,7 @@ class PoolPolicy:
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: waiters get PoolClosed, idle connections close now, borrowed ones when
         returned; background threads are given ``timeout`` seconds to finish."""
-        with self._lock:
+        with self._policy_lock:
             self._opened = True  # a closed pool can never be opened
         if self._core_closed():
             return
@@ -439,7 +441,7 @@ class PoolPolicy:
         inherited = self._reset_after_fork()
         for conn in inherited:
             fork.neutralise(conn)
-        self._lock = _original.allocate_lock()
+        self._policy_lock = _original.allocate_lock()
         self._probe_in_flight = False
         self._takers.clear()
         self._warned.clear()
@@ -708,11 +710,11 @@ class PoolPolicy:
             if self._counts()["waiting"] == 0:
                 self._fill_failed(slot)
                 return
-            with self._lock:
+            with self._policy_lock:
                 self._gave_up = False
         now = monotonic()
         probing = False
-        with self._lock:
+        with self._policy_lock:
             if self._fail_since is not None:
                 # During a failure streak only one attempt is in flight at a time and it waits
                 # for the backoff: a dead server sees ~1 attempt per delay, not one per slot.
@@ -732,9 +734,9 @@ class PoolPolicy:
             return
         finally:
             if probing:
-                with self._lock:
+                with self._policy_lock:
                     self._probe_in_flight = False
-        with self._lock:
+        with self._policy_lock:
             self._fail_since = None
             self._give_up_at = math.inf
             self._gave_up = False
@@ -757,7 +759,7 @@ class PoolPolicy:
         sqlstate = rejection.permanent_sqlstate(exc)
         now = monotonic()
         give_up = False
-        with self._lock:
+        with self._policy_lock:
             self._connections_errors += 1
             # One warning per distinct error of a failure streak, not one per retry.
             repeated = msg == self._last_error
@@ -806,7 +808,7 @@ class PoolPolicy:
 
     def _new_connection(self) -> Any:
         _green.ensure_wait_callback(self._green)
-        with self._lock:
+        with self._policy_lock:
             self._connections_num += 1  # attempts, failed ones included (psycopg_pool's meaning)
         conninfo = self._conninfo() if callable(self._conninfo) else self._conninfo
         if callable(self._conninfo):
@@ -852,7 +854,7 @@ class PoolPolicy:
                 pass
             raise
         took = monotonic() - t0
-        with self._lock:
+        with self._policy_lock:
             self._connections_time += took
         hook = self._created_hook
         if hook is not None:
@@ -861,7 +863,7 @@ class PoolPolicy:
 
     def _adopt_defaults(self, conn: Any) -> None:
         """The first connection tells what a clean connection looks like."""
-        with self._lock:
+        with self._policy_lock:
             if self._probes_set:
                 return
             self._defaults = _reset.capture(conn)
@@ -1020,7 +1022,7 @@ class PoolPolicy:
         """Like stats(), then reset the counters (gauges are not counters and stay)."""
         out = self.stats()
         self._reset_counters()
-        with self._lock:
+        with self._policy_lock:
             self._requests_wait = 0.0
             self._requests_errors = 0
             self._requests_timeouts = 0
