@@ -4,6 +4,7 @@
 #
 #   tests/django_suite/run.sh [--stock] [--full] [--parallel N] [runtests.py options...] [LABEL...]
 #                             [-- anything passed to runtests.py verbatim]
+#   tests/django_suite/run.sh [--stock] --full --shards K [runtests.py options...]
 #
 # runtests.py options that take a value must be attached (-kpattern, --exclude-tag=slow) or go
 # after "--". --settings MODULE runs any other settings module on PYTHONPATH.
@@ -26,6 +27,11 @@
 #   pooled connections), test_utils test_runner (test databases, cloning, connection patching),
 #   handlers servers db_utils (request boundaries, live-server threads, the connection handler).
 #   --full runs Django's whole suite instead (no labels).
+# * --full --shards K: the whole suite as K SERIAL runtests.py processes on disjoint sets of its
+#   top-level labels (exactly the ones runtests.py runs with none given), each with its own test
+#   databases (<NAME>_s0, _s1, ...), every test's outcome recorded and merged into
+#   $FASTPOOL_DJANGO_OUTCOMES (shards.py; chunk logs in $DJANGO_SUITE_LOGDIR, default a temp dir).
+#   Serial, so exact test by test on Python >= 3.12 (compare.sh), yet on K cores.
 #
 # Needs fastpool installed in that Python (pip install -e '.[django]') and a PostgreSQL server:
 # FASTPOOL_TEST_DSN (libpq DSN or URL; its dbname is ignored) or host=127.0.0.1 port=5432
@@ -46,6 +52,7 @@ parallel="${DJANGO_SUITE_PARALLEL:-2}"
 passthrough=()
 labels=()
 full=0
+shards=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --stock) settings=settings_stock ;;
@@ -55,6 +62,8 @@ while [ $# -gt 0 ]; do
         --settings=*) settings="${1#--settings=}" ;;
         --parallel) parallel="$2"; shift ;;
         --parallel=*) parallel="${1#--parallel=}" ;;
+        --shards) shards="$2"; shift ;;
+        --shards=*) shards="${1#--shards=}" ;;
         --) shift; passthrough+=("$@"); break ;;
         -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) passthrough+=("$1") ;;
@@ -64,6 +73,10 @@ while [ $# -gt 0 ]; do
 done
 if [ "$full" = 1 ] && [ ${#labels[@]} -gt 0 ]; then
     echo "django_suite: --full runs every test; give either --full or labels" >&2
+    exit 2
+fi
+if [ "$shards" != 0 ] && [ "$full" = 0 ]; then
+    echo "django_suite: --shards splits the full suite; give --full with it" >&2
     exit 2
 fi
 if [ ${#labels[@]} -eq 0 ] && [ "$full" = 0 ]; then
@@ -133,6 +146,21 @@ except psycopg2.Error as e:
           file=sys.stderr)
     sys.exit(2)
 EOF
+
+if [ "$shards" != 0 ]; then
+    # Each shard runs this script on its chunk of labels, serially (--parallel 1).
+    name="${FASTPOOL_DJANGO_NAME:-$([ "$settings" = settings_stock ] && echo django_stock || echo django_fp)}"
+    logdir="${DJANGO_SUITE_LOGDIR:-$(mktemp -d "${TMPDIR:-/tmp}/django-shards.XXXXXX")}"
+    echo "django_suite: Django $ver, $settings, full suite in $shards serial shards"
+    start=$SECONDS
+    rc=0
+    PYTHONPATH="$here" "$PYTHON" "$here/shards.py" --tests-dir "$src/tests" --shards "$shards" \
+        --logdir "$logdir" --name "$name" -- \
+        bash "${BASH_SOURCE[0]}" --settings="$settings" --parallel 1 \
+        ${passthrough[@]+"${passthrough[@]}"} || rc=$?
+    echo "django_suite: $settings finished in $((SECONDS - start))s with exit code $rc"
+    exit "$rc"
+fi
 
 echo "django_suite: Django $ver, $settings, --parallel $parallel, labels: ${labels[*]:-(full suite)}"
 cd "$src/tests"
