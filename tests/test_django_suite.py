@@ -89,3 +89,90 @@ def test_django_tests_that_once_differed_pass(dsn: str) -> None:
             # -v2 prints "test_x (module.Class.test_x) ... ok"; a skip or an error would say so.
             assert re.search(rf"^{name} \(.*\) \.\.\. ok$", out, re.MULTILINE), f"{name} did not pass:\n{tail}"
     assert re.search(r"^OK\b", out, re.MULTILINE), tail
+
+
+# run.sh --full --shards K (compare.sh --shards): the full suite as K serial processes on disjoint
+# label sets, outcomes merged. The merge must neither lose nor duplicate nor alter an outcome.
+SHARDS = Path(__file__).parent / "django_suite" / "shards.py"
+SMALL_LABELS = ["basic", "delete", "get_or_create", "update"]
+
+
+@pytest.mark.slow
+def test_sharded_run_records_the_same_outcomes_as_one_run(dsn: str, tmp_path: Path) -> None:
+    import json
+
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("\n".join(SMALL_LABELS) + "\n")
+    base = {**os.environ, "PYTHON": sys.executable, "FASTPOOL_TEST_DSN": dsn}
+    name = os.environ.get("FASTPOOL_DJANGO_NAME", "django_fp")
+    one = subprocess.run(
+        ["bash", str(SCRIPT), "--parallel", "1", *SMALL_LABELS],
+        env={**base, "FASTPOOL_DJANGO_NAME": name + "_one", "FASTPOOL_DJANGO_OUTCOMES": str(tmp_path / "one.json")},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    sharded = subprocess.run(
+        # The labels file stands in for the full suite's label list (same code path after it).
+        ["bash", str(SCRIPT), "--full", "--shards", "2"],
+        env={**base, "FASTPOOL_DJANGO_NAME": name + "_sh", "DJANGO_SUITE_LABELS_FILE": str(labels_file),
+             "DJANGO_SUITE_LOGDIR": str(tmp_path / "chunks"),
+             "FASTPOOL_DJANGO_OUTCOMES": str(tmp_path / "sharded.json")},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert sharded.returncode == 0, sharded.stdout[-3000:] + sharded.stderr[-3000:]
+    a = json.loads((tmp_path / "one.json").read_text())
+    b = json.loads((tmp_path / "sharded.json").read_text())
+    assert len(a["outcomes"]) > 100
+    assert b["outcomes"] == a["outcomes"] and b["ran"] == a["ran"]
+    assert b["labels"] == b["labels_run"] == SMALL_LABELS and b["chunks_missing"] == []
+    # Every label was a chunk of its own (4 labels, 16 chunks asked for): both shards worked.
+    assert len(list((tmp_path / "chunks").glob("chunk*.json"))) == len(SMALL_LABELS)
+
+
+def test_shard_chunks_partition_runtests_own_label_list(tmp_path: Path) -> None:
+    """shards.py asks runtests.py (get_test_modules) for the labels and cuts them in order."""
+    sys.path.insert(0, str(SHARDS.parent))
+    try:
+        import shards
+    finally:
+        sys.path.remove(str(SHARDS.parent))
+    tests = tmp_path / "tests"
+    for app, n in (("alpha", 30), ("beta", 1), ("gamma", 5), ("delta", 0), ("gis_tests", 3), ("data", 0)):
+        (tests / app).mkdir(parents=True)
+        (tests / app / "__init__.py").write_text("")
+        (tests / app / "tests.py").write_text("".join(f"    def test_{i}(self): pass\n" for i in range(n)))
+    (tests / "not_a_package").mkdir()
+    (tests / "runtests.py").write_text(  # as Django >= 4.0's: gis_tests only on a GIS backend
+        "def get_test_modules(gis_enabled):\n"
+        "    import os\n"
+        "    for f in sorted(os.listdir(os.path.dirname(os.path.abspath(__file__)))):\n"
+        "        if '.' in f or f in ('data',) or (f == 'gis_tests' and not gis_enabled):\n"
+        "            continue\n"
+        "        if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), f, '__init__.py')):\n"
+        "            yield f\n"
+    )
+    labels = shards.test_labels(str(tests))
+    assert labels == ["alpha", "beta", "delta", "gamma"]
+    for count in (1, 2, 3, 4, 10):
+        chunks = shards.chunks(str(tests), labels, count)
+        assert [label for chunk in chunks for label in chunk] == labels
+        assert all(chunks) and len(chunks) <= count
+
+
+def test_shard_merge_reports_an_unfinished_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk that wrote no outcomes (killed, or runtests.py crashed) makes the run INCOMPLETE."""
+    import json
+
+    sys.path.insert(0, str(SHARDS.parent))
+    try:
+        import shards
+    finally:
+        sys.path.remove(str(SHARDS.parent))
+    (tmp_path / "chunk00.json").write_text(json.dumps({"ran": 2, "outcomes": {"a.T.t1": ["ok", ""],
+                                                                               "a.T.t2": ["skipped", "x"]}}))
+    monkeypatch.setenv("FASTPOOL_DJANGO_OUTCOMES", str(tmp_path / "merged.json"))
+    rc = shards.merge(str(tmp_path), ["a", "b"], [["a"], ["b"]], {0: 0, 1: -15})
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert rc == 1
+    assert merged["ran"] == 2 and merged["labels_run"] == ["a"] and merged["chunks_missing"] == [["b"]]
+    assert set(merged["outcomes"]) == {"a.T.t1", "a.T.t2"}

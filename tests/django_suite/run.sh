@@ -123,7 +123,7 @@ fi
 #    tracebacks out of worker processes; it goes into the cache, not into the environment.
 # Settings first, then the caller's PYTHONPATH (so it can override anything), then the repo root.
 pypath="$here${PYTHONPATH:+:$PYTHONPATH}:$repo"
-if [ "$parallel" != 1 ]; then
+if [ "$parallel" != 1 ] && [ "$shards" = 0 ]; then
     pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     deps="$cache/pydeps-py$pyver"
     if ! PYTHONPATH="$deps" "$PYTHON" -c 'import tblib' 2>/dev/null; then
