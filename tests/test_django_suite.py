@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,6 +98,16 @@ SHARDS = Path(__file__).parent / "django_suite" / "shards.py"
 SMALL_LABELS = ["basic", "delete", "get_or_create", "update"]
 
 
+def _shards_module() -> Any:
+    sys.path.insert(0, str(SHARDS.parent))
+    try:
+        import shards
+
+        return shards
+    finally:
+        sys.path.remove(str(SHARDS.parent))
+
+
 @pytest.mark.slow
 def test_sharded_run_records_the_same_outcomes_as_one_run(dsn: str, tmp_path: Path) -> None:
     import json
@@ -131,11 +142,7 @@ def test_sharded_run_records_the_same_outcomes_as_one_run(dsn: str, tmp_path: Pa
 
 def test_shard_chunks_partition_runtests_own_label_list(tmp_path: Path) -> None:
     """shards.py asks runtests.py (get_test_modules) for the labels and cuts them in order."""
-    sys.path.insert(0, str(SHARDS.parent))
-    try:
-        import shards
-    finally:
-        sys.path.remove(str(SHARDS.parent))
+    shards = _shards_module()
     tests = tmp_path / "tests"
     for app, n in (("alpha", 30), ("beta", 1), ("gamma", 5), ("delta", 0), ("gis_tests", 3), ("data", 0)):
         (tests / app).mkdir(parents=True)
@@ -163,11 +170,7 @@ def test_shard_merge_reports_an_unfinished_chunk(tmp_path: Path, monkeypatch: py
     """A chunk that wrote no outcomes (killed, or runtests.py crashed) makes the run INCOMPLETE."""
     import json
 
-    sys.path.insert(0, str(SHARDS.parent))
-    try:
-        import shards
-    finally:
-        sys.path.remove(str(SHARDS.parent))
+    shards = _shards_module()
     (tmp_path / "chunk00.json").write_text(json.dumps({"ran": 2, "outcomes": {"a.T.t1": ["ok", ""],
                                                                                "a.T.t2": ["skipped", "x"]}}))
     monkeypatch.setenv("FASTPOOL_DJANGO_OUTCOMES", str(tmp_path / "merged.json"))
