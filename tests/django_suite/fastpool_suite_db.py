@@ -44,13 +44,20 @@ def databases(engine: str, name: str, options: Dict[str, Any]) -> Dict[str, Dict
     }
 
 
-# As Django's tests/test_sqlite.py.
-COMMON: Dict[str, Any] = {
-    "SECRET_KEY": "django_tests_secret_key",
-    "PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"],
-    "DEFAULT_AUTO_FIELD": "django.db.models.AutoField",
-    "USE_TZ": False,
-}
-# compare.sh: record every test's outcome (runtests.py keeps a TEST_RUNNER the settings set).
-if os.environ.get("FASTPOOL_DJANGO_OUTCOMES"):
-    COMMON["TEST_RUNNER"] = "fastpool_suite_runner.OutcomeRecordingRunner"
+
+def common_settings() -> Dict[str, Any]:
+    """The settings both settings modules share: every setting of the sdist's own
+    ``tests/test_sqlite.py`` but its DATABASES, and the outcome-recording runner for compare.sh.
+
+    Read from the sdist being run (runtests.py's directory is first on ``sys.path``), not
+    copied: the test settings change between releases (Django 6.0 dropped
+    ``DEFAULT_AUTO_FIELD = "django.db.models.AutoField"`` when ``BigAutoField`` became the
+    default; a copy of 5.2's made 6.x's tests of that default fail on both backends alike).
+    """
+    import test_sqlite
+
+    settings = {k: v for k, v in vars(test_sqlite).items() if k.isupper() and k != "DATABASES"}
+    # compare.sh: record every test's outcome (runtests.py keeps a TEST_RUNNER the settings set).
+    if os.environ.get("FASTPOOL_DJANGO_OUTCOMES"):
+        settings["TEST_RUNNER"] = "fastpool_suite_runner.OutcomeRecordingRunner"
+    return settings

@@ -7,9 +7,9 @@ Used by tests/django_suite/run.sh; see fastpool_suite_db.py for where the server
 
 import os
 
-from fastpool_suite_db import COMMON, databases
+from fastpool_suite_db import common_settings, databases
 
-globals().update(COMMON)
+globals().update(common_settings())
 
 DATABASES = databases(
     "django_fastpool",

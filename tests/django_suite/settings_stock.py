@@ -13,7 +13,7 @@ databases.
 import os
 import sys
 
-from fastpool_suite_db import COMMON, databases
+from fastpool_suite_db import common_settings, databases
 
 if "django.db.backends.postgresql.base" not in sys.modules:
     _missing = object()
@@ -33,7 +33,7 @@ from django.db.backends.postgresql import base as _pg_base  # noqa: E402
 if _pg_base.is_psycopg3 or _pg_base.Database.__name__ != "psycopg2":
     raise RuntimeError("settings_stock: Django's PostgreSQL backend is not (only) on psycopg2")
 
-globals().update(COMMON)
+globals().update(common_settings())
 
 DATABASES = databases(
     "django.db.backends.postgresql",
