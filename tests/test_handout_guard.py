@@ -306,7 +306,7 @@ def test_auto_does_not_check_a_connection_handed_straight_from_a_return(
         seen.append(idle)
         return real(conn, idle, guard)
 
-    monkeypatch.setattr(pool, "_vet_fn", spy)
+    monkeypatch.setattr(pool, "_health_check", spy)
     got: List[Any] = []
     t = threading.Thread(target=lambda: got.append(pool.getconn(timeout=20)))
     t.start()

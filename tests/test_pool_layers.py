@@ -77,11 +77,11 @@ def _class_names(path: str, class_name: str) -> Tuple[Set[str], Set[str]]:
 
 
 def _policy_names() -> Tuple[Set[str], Set[str]]:
-    from fastpool.pool import PoolPolicy
+    from fastpool import Pool
 
     members: Set[str] = set()
     assigned: Set[str] = set()
-    for klass in PoolPolicy.__mro__:
+    for klass in Pool.__mro__:
         if klass is object or klass.__module__ == "typing":
             continue
         m, a = _class_names(inspect.getsourcefile(klass) or "", klass.__name__)
@@ -122,3 +122,68 @@ def test_no_name_is_assigned_by_both_layers(impl: str) -> None:
         if overridden - POLICY_HOOKS else
         f"the policy no longer implements the hooks {sorted(POLICY_HOOKS - overridden)}"
     )
+
+
+# -- one static class, the core mixed in --------------------------------------------------------
+
+
+def test_pool_is_one_class_whichever_core(impl: str, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastpool
+
+    monkeypatch.setattr(_impl, "impl", impl)  # as FASTPOOL_IMPL would choose it
+    with fastpool.Pool(dsn, min_size=0, max_size=1) as pool:
+        assert isinstance(pool, fastpool.Pool)
+        assert pool._core_impl == impl
+        core = _impl.load(impl).Core
+        assert isinstance(pool, core)
+        # The core's own getconn/putconn, not a Python wrapper: the cycle stays the core's.
+        assert type(pool).getconn is core.getconn
+        assert type(pool).putconn is core.putconn
+        conn = pool.getconn()
+        pool.putconn(conn)
+    # pool_class(impl) is the same class Pool(...) instantiates
+    from fastpool.pool import pool_class
+
+    assert pool_class(impl) is type(pool)
+
+
+def test_help_shows_the_options() -> None:
+    import inspect
+    import pydoc
+
+    import fastpool
+
+    params = inspect.signature(fastpool.Pool).parameters
+    for name in ("conninfo", "connect", "kwargs", "min_size", "max_size", "timeout", "max_waiting",
+                 "max_lifetime", "max_idle", "reconnect_timeout", "reconnect_failed", "configure",
+                 "reset", "check", "leak_timeout", "green", "name", "open", "lifo"):
+        assert name in params, name
+    text = pydoc.render_doc(fastpool.Pool)
+    assert "max_waiting: callers allowed to wait" in text
+    assert "getconn(timeout=None)" in text
+    assert "Policy mixin" not in text
+
+
+def test_a_subclass_of_pool_keeps_its_overrides(impl: str, dsn: str) -> None:
+    """A user's subclass gets the core mixed in after it, so its own methods win."""
+    import fastpool
+    from fastpool.pool import _with_core
+
+    calls = []
+
+    class Counting(fastpool.Pool):  # type: ignore[type-arg]
+        def getconn(self, timeout: Any = None) -> Any:
+            calls.append(timeout)
+            return super().getconn(timeout)
+
+    pool = _with_core(Counting, impl)(dsn, min_size=0, max_size=1)
+    try:
+        assert isinstance(pool, Counting) and isinstance(pool, fastpool.Pool)
+        assert pool._core_impl == impl
+        pool.putconn(pool.getconn(7))
+        assert calls == [7]
+    finally:
+        pool.close()
+    plain = Counting(dsn, min_size=0, max_size=1, open=False)  # the selected core
+    assert plain._core_impl == _impl.impl
+    plain.close()

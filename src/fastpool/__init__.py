@@ -6,8 +6,7 @@ The package is also a PEP 249 (DB-API 2.0) module over process-wide pools::
     con = db.connect("dbname=app", max_size=5)   # pooled; con.close() returns it
 """
 
-from ._impl import impl as __impl__
-from .dbapi import (
+from psycopg2 import (  # PEP 249's names: psycopg2's own objects, as fastpool.dbapi uses them
     BINARY,
     DATETIME,
     NUMBER,
@@ -24,20 +23,16 @@ from .dbapi import (
     InternalError,
     NotSupportedError,
     OperationalError,
-    PooledConnection,
     ProgrammingError,
     Time,
     TimeFromTicks,
     Timestamp,
     TimestampFromTicks,
     Warning,
-    apilevel,
-    close_all,
-    connect,
-    paramstyle,
-    pool_for,
-    threadsafety,
 )
+
+from ._impl import impl as __impl__
+from .dbapi import PooledConnection, apilevel, close_all, connect, paramstyle, pool_for, threadsafety
 from .errors import ConnectionRejected, PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
 from .metrics import prometheus_text
 from .pool import Pool, pool_class

@@ -12,10 +12,10 @@ from __future__ import annotations
 import _thread
 import select
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Tuple
 
 
-_cache: dict = {}
+_cache: Dict[Tuple[str, str], Any] = {}
 
 
 def _original(name: str, module: str = "_thread") -> Any:
@@ -48,11 +48,13 @@ def allocate_lock() -> Any:
     return _original("allocate_lock")()
 
 
-def start_new_thread(fn: Callable[..., Any], args: tuple) -> int:
+def start_new_thread(fn: Callable[..., Any], args: Tuple[Any, ...]) -> int:
     """Start a real OS thread (never a greenlet)."""
-    return _original("start_new_thread")(fn, args)
+    ident: int = _original("start_new_thread")(fn, args)
+    return ident
 
 
 def get_ident() -> int:
     """The real OS thread id."""
-    return _original("get_ident")()
+    ident: int = _original("get_ident")()
+    return ident

@@ -14,7 +14,7 @@ echoed and never handed to libpq: the pool names the problem in words that quote
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, Iterable, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
 
 from psycopg2.extensions import parse_dsn
 
@@ -122,7 +122,7 @@ class Scrubber:
     """Removes known secrets (passwords from the conninfo and the connect kwargs) from messages."""
 
     def __init__(self) -> None:
-        self._secrets: set = set()
+        self._secrets: Set[str] = set()
 
     def learn(self, conninfo: Optional[str], kwargs: Optional[Dict[str, Any]] = None) -> None:
         if conninfo and conninfo_problem(conninfo) is None:  # a bad one is never used or shown
@@ -137,5 +137,5 @@ class Scrubber:
             text = text.replace(secret, MASK)
         return mask_text(text)
 
-    def scrub_all(self, texts: Iterable[str]) -> list:
+    def scrub_all(self, texts: Iterable[str]) -> List[str]:
         return [self.scrub(t) for t in texts]

@@ -96,7 +96,9 @@ def _split(dsn: Optional[str], kwargs: Dict[str, Any]) -> Tuple[str, Dict[str, A
     params = {k: v for k, v in kwargs.items() if k not in POOL_OPTIONS}
     # psycopg2.connect() semantics: keyword parameters are merged into the dsn; factories stay
     # keyword arguments of the connect call.
-    connect_kwargs = {k: params.pop(k) for k in ("connection_factory", "cursor_factory") if k in params}
+    connect_kwargs: Dict[str, Any] = {
+        k: params.pop(k) for k in ("connection_factory", "cursor_factory") if k in params
+    }
     return make_dsn(dsn or "", **params), connect_kwargs, pool_options
 
 
@@ -229,7 +231,7 @@ class PooledConnection:
 
     @property
     def autocommit(self) -> bool:
-        return self._live().autocommit
+        return bool(self._live().autocommit)
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:

@@ -177,7 +177,7 @@ def analyze(facts: Dict[str, Any], processes: int, reserve: Optional[int] = None
     idle = by_state.get("idle", 0)
     if idle > IDLE_MIN and idle > IDLE_FRACTION * total:
         top = sorted(((-d["idle"], app) for app, d in by_app.items() if d.get("idle")))
-        apps = [{"application_name": app, "idle": -n} for n, app in top]
+        apps: List[Dict[str, Any]] = [{"application_name": app, "idle": -n} for n, app in top]
         names = ", ".join(f"{_app_label(a['application_name'])} ({a['idle']})" for a in apps[:5])
         warnings.append({
             "code": "idle_connections",

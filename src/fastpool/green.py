@@ -105,16 +105,16 @@ def make_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
         return thread_waiter(waiter_cls)
     hub = _gevent_hub()
     if hub is not None and current is not hub:
-        parking = hub.__dict__.get("_fastpool_parking")
+        parking: Optional[_GeventParking] = hub.__dict__.get("_fastpool_parking")
         if parking is None:
             parking = hub._fastpool_parking = _GeventParking(hub)
         return parking.waiter(waiter_cls)
     hub = _eventlet_hub()
     if hub is not None and current is not getattr(hub, "greenlet", None):
-        parking = getattr(hub, "_fastpool_parking", None)
-        if parking is None:
-            parking = hub._fastpool_parking = _EventletParking(hub)
-        return parking.waiter(waiter_cls, current)
+        eventlet_parking: Optional[_EventletParking] = getattr(hub, "_fastpool_parking", None)
+        if eventlet_parking is None:
+            eventlet_parking = hub._fastpool_parking = _EventletParking(hub)
+        return eventlet_parking.waiter(waiter_cls, current)
     if current.parent is not None:
         return _bare_greenlet_waiter(waiter_cls)
     return thread_waiter(waiter_cls)

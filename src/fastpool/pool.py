@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import itertools
 import logging
 import math
@@ -29,18 +30,45 @@ import time
 import traceback
 import weakref
 from time import monotonic
-from types import ModuleType
-from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, List, Optional, Tuple, Union
 
 import psycopg2
+import psycopg2.extensions
 
 from . import _impl, _original, fork, green as _green, health, rejection, reset as _reset, timings
 from ._states import CLOSED, CLOSED_POOL, FAILED, FULL, RETRY
-from .conninfo import ConnInfo, Scrubber, conninfo_problem, describe, validate_conninfo
+from .conninfo import ConnInfo, Scrubber, conninfo_problem, describe
 from .errors import ConnectionRejected, PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
 from . import tracking
+from .options import (  # noqa: F401 - the size constants are also read as fastpool.pool.X
+    DEFAULT_MAX_SIZE,
+    DEFAULT_MIN_SIZE,
+    MAX_DEFAULT,
+    MAX_POOL_SIZE,
+    MAX_WAITING_LIMIT,
+    MIN_DEFAULT,
+    check_options,
+    check_sizes,
+    positive_seconds,
+)
 from .tracking import tracked_class
 from .workers import Workers
+
+if TYPE_CHECKING:
+    from typing_extensions import Self, TypeVar
+
+    # What the policy needs from the core, declared once: the core's stub (_core.pyi), which
+    # stubtest checks against both cores (tests/test_typing.py). At run time the core is mixed
+    # in per instance instead (see Pool.__new__).
+    from ._core import Core as _DeclaredCore
+
+    #: the connection type of a pool; psycopg2's connection unless told otherwise
+    ConnT = TypeVar("ConnT", default=psycopg2.extensions.connection)
+else:
+    from typing import TypeVar
+
+    _DeclaredCore = object
+    ConnT = TypeVar("ConnT")
 
 logger = logging.getLogger("fastpool")
 
@@ -61,14 +89,6 @@ HANDOFF_CHECK_MIN = 1.0
 #: libpq connect_timeout (seconds) used when neither conninfo nor kwargs set one: a connect to a
 #: black-holed host must not hold a worker forever.
 DEFAULT_CONNECT_TIMEOUT = 10
-#: default bounds when neither min_size nor max_size is given.
-DEFAULT_MIN_SIZE = 1
-DEFAULT_MAX_SIZE = 10
-#: largest max_size accepted: PostgreSQL itself caps max_connections at 2**18 - 1 (and the
-#: ring preallocates max_size slots, so an absurd value must fail here, clearly).
-MAX_POOL_SIZE = 2**18 - 1
-#: largest max_waiting accepted (the ring counts waiters in a C int).
-MAX_WAITING_LIMIT = 2**31 - 1
 #: connections made at once to serve waiters (prewarm and min_size refills are not limited).
 #: Each one made re-checks whether waiters are still uncovered, so the pool grows with demand
 #: that outlasts a connect, not with a momentary queue that returns serve in a few ms anyway;
@@ -80,74 +100,8 @@ WAIT_STEP = 3600.0
 
 
 
-class _Default(int):
-    """A size default: equal to its value (and shown as it by help()), but recognisably not
-    given by the caller (see _resolve_sizes)."""
-
-
-_MIN_DEFAULT = _Default(DEFAULT_MIN_SIZE)
-_MAX_DEFAULT = _Default(DEFAULT_MAX_SIZE)
-
 _counter = itertools.count(1)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _positive(name: str, value: Any, *, allow_inf: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not value > 0 or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value}")
-    return value
-
-
-def _check_sizes(min_size: Any, max_size: Any) -> None:
-    _count("min_size", min_size, 0)
-    _count("max_size", max_size, 1)
-    if max_size > MAX_POOL_SIZE:
-        raise ValueError(
-            f"max_size must be <= {MAX_POOL_SIZE} (PostgreSQL's own limit on connections), not {max_size}"
-        )
-    if min_size > max_size:
-        raise ValueError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
-
-
-def _resolve_sizes(min_size: Any, max_size: Any) -> "tuple[int, int]":
-    """(min_size, max_size) from the constructor's arguments.
-
-    ``max_size=None`` means what it means in psycopg_pool: a fixed pool, ``max_size = min_size``.
-    ``min_size=N`` (N >= 1) *without* max_size is refused: psycopg_pool reads it as a fixed pool
-    of N, fastpool's default max_size is 10, and guessing wrong either way misjudges how many
-    server connections a process may open. Neither given: 1..10.
-    """
-    if type(max_size) is _Default:
-        if type(min_size) is _Default:
-            return DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE
-        _count("min_size", min_size, 0)
-        if min_size > 0:
-            raise ValueError(
-                f"min_size={min_size} without max_size is ambiguous: psycopg_pool makes it a fixed pool "
-                f"of {min_size}, fastpool's default max_size is {DEFAULT_MAX_SIZE}; pass max_size "
-                f"(max_size=None or max_size={min_size} for psycopg_pool's meaning)"
-            )
-        return 0, DEFAULT_MAX_SIZE
-    if type(min_size) is _Default:
-        min_size = DEFAULT_MIN_SIZE
-    if max_size is None:
-        _count("min_size", min_size, 0)
-        if min_size == 0:
-            raise ValueError("max_size=None means max_size = min_size (as in psycopg_pool), "
-                             "so min_size must be >= 1")
-        max_size = min_size
-    _check_sizes(min_size, max_size)
-    return min_size, max_size
 
 
 def _call_weakly(ref: "weakref.ref[Any]", method: str, *args: Any) -> None:
@@ -159,7 +113,7 @@ def _call_weakly(ref: "weakref.ref[Any]", method: str, *args: Any) -> None:
         getattr(pool, method)(*args)
 
 
-class _Borrow:
+class _ConnectionBlock(Generic[ConnT]):
     """``with pool.connection() as conn``: commit on success, rollback on error, always return.
 
     The borrow is *held* (see the core's ``_hold``): a ``pool.putconn(conn)`` inside the block
@@ -168,13 +122,13 @@ class _Borrow:
 
     __slots__ = ("_pool", "_timeout", "_conn", "_token")
 
-    def __init__(self, pool: "PoolPolicy", timeout: Optional[float]) -> None:
+    def __init__(self, pool: "Pool[ConnT]", timeout: Optional[float]) -> None:
         self._pool = pool
         self._timeout = timeout
         self._conn: Any = None
         self._token = 0
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> ConnT:
         conn = self._pool.getconn(self._timeout)
         try:
             self._token = self._pool._hold(conn)
@@ -200,83 +154,108 @@ class _Borrow:
             self._pool._putconn_held(conn, token)
 
 
-class PoolPolicy:
-    """Policy mixin; combined with a core class by :func:`pool_class`. Use ``fastpool.Pool``."""
+class Pool(Generic[ConnT], _DeclaredCore):
+    """A bounded pool of PostgreSQL connections (psycopg2 by default), safe across threads and
+    greenlets::
+
+        pool = fastpool.Pool("dbname=app", max_size=10)
+        with pool.connection() as conn:   # committed on success, rolled back on error, returned
+            ...
+        conn = pool.getconn(timeout=None); ...; pool.putconn(conn)
+
+    Generic over the connection type: ``Pool[MyConnection](dsn, kwargs={"connection_factory":
+    MyConnection})``, or inferred from ``connect=`` (default: ``psycopg2.extensions.connection``).
+
+    Options (keyword-only but ``conninfo``; durations in seconds; README "Options" has the long
+    form, ``TypeError``/``ValueError`` naming the option if one is invalid):
+
+    conninfo: libpq string or URL, or a callable returning one (called at every connect).
+    connect: ``callable(conninfo, **kwargs)`` returning a connection (default psycopg2.connect).
+    kwargs: extra connect arguments; ``connect_timeout=10`` is added if none is set.
+    min_size, max_size: connections kept open / never exceeded (default 1 and 10); ``max_size=
+        None`` means ``max_size = min_size``; ``min_size`` given alone is refused (ambiguous).
+    timeout: default ``getconn()`` wait before ``PoolTimeout`` (``inf``: as long as it takes).
+    max_waiting: callers allowed to wait at once (0: unbounded), beyond it ``TooManyRequests``.
+    max_lifetime: replace a connection after this long (-5 % jitter each).
+    max_idle: close idle connections above ``min_size`` after this long.
+    reconnect_timeout, reconnect_failed: retry a failing server this long, then call
+        ``reconnect_failed(pool)`` once.
+    configure: ``callable(conn)`` run on every new connection.
+    reset: on return: ``"auto"`` (undo what the borrower changed), ``"discard"`` (DISCARD ALL
+        every time), ``"rollback"``, a ``callable(conn)``, or None.
+    check: health check before every hand-out: ``"auto"``, ``"ping"``, a callable, or None.
+    leak_timeout: warn with the taker's stack when a connection is held longer than this.
+    green: gevent/eventlet cooperation, ``"auto"``, True or False.
+    name: shows in logs, errors and repr. open: open now (else call ``open()``).
+    lifo: hand out the most recently used idle connection (False: FIFO).
+
+    ``getconn(timeout=None)`` and ``putconn(conn)`` are the core's own methods (C, or the
+    pure-Python twin: ``FASTPOOL_IMPL``), bound directly for speed: ``Pool(...)`` returns an
+    instance of a hidden subclass that mixes in the core (:func:`pool_class`); it is still a
+    ``fastpool.Pool`` whichever core runs. This class holds the policy: every decision the core
+    delegates (the hooks in the module docstring) and everything slow.
+    """
 
     _Waiter: Any
     _core_impl: str
     # per-event timings for histogram exporters; set by fastpool.timings, None while nobody
     # listens (class defaults: a pool is reachable by timings.subscribe as soon as it is tracked)
-    _timing_listeners: tuple = ()
+    _timing_listeners: Tuple[Any, ...] = ()
     _created_hook: Optional[Callable[[float], None]] = None
     _waited_hook: Optional[Callable[[float], None]] = None
+
+    if TYPE_CHECKING:
+        # The core's methods, typed for this pool's connections (at run time they are the
+        # core's, unwrapped: a Python method in between would double the cycle's cost).
+        def getconn(self, timeout: Optional[float] = None) -> ConnT:
+            """A connection: an idle one at once, else wait up to ``timeout`` (None: the
+            pool's) for one; ``PoolTimeout``, ``TooManyRequests`` or ``PoolClosed`` if not."""
+
+        def putconn(self, conn: ConnT) -> None:
+            """Give back a connection from ``getconn``; ``PoolMisuse`` if it is not one."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Pool[ConnT]":
+        # Pool(...) or a user's subclass: the same class with the selected core mixed in.
+        if "_core_impl" not in cls.__dict__:
+            cls = _with_core(cls, _impl.impl)
+        return super().__new__(cls)  # the core's __new__ (C: allocates the ring's struct)
 
     def __init__(
         self,
         conninfo: ConnInfo = "",
         *,
-        connect: Optional[Callable[..., Any]] = None,
+        connect: Optional[Callable[..., ConnT]] = None,
         kwargs: Optional[Dict[str, Any]] = None,
-        min_size: int = _MIN_DEFAULT,
-        max_size: Optional[int] = _MAX_DEFAULT,
+        min_size: int = MIN_DEFAULT,
+        max_size: Optional[int] = MAX_DEFAULT,
         timeout: float = 30.0,
         max_waiting: int = 0,
         max_lifetime: float = 3600.0,
         max_idle: float = 600.0,
         reconnect_timeout: float = 300.0,
-        reconnect_failed: Optional[Callable[[Any], None]] = None,
-        configure: Optional[Callable[[Any], None]] = None,
-        reset: Union[str, Callable[[Any], None], None] = "auto",
-        check: Union[str, Callable[[Any], Any], None] = "auto",
+        reconnect_failed: Optional[Callable[["Pool[ConnT]"], None]] = None,
+        configure: Optional[Callable[[ConnT], None]] = None,
+        reset: Union[str, Callable[[ConnT], None], None] = "auto",
+        check: Union[str, Callable[[ConnT], Any], None] = "auto",
         leak_timeout: Optional[float] = None,
         green: Union[str, bool] = "auto",
         name: Optional[str] = None,
         open: bool = True,
         lifo: bool = True,
     ) -> None:
-        # -- validate everything before touching anything --------------------------------------
-        validate_conninfo(conninfo)
-        if connect is not None and not callable(connect):
-            raise TypeError("connect must be a callable(conninfo, **kwargs) returning a connection")
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise TypeError(f"kwargs must be a dict of connection parameters, not {type(kwargs).__name__}")
-        min_size, max_size = _resolve_sizes(min_size, max_size)
-        self._timeout = _positive("timeout", timeout, allow_inf=True)
-        _count("max_waiting", max_waiting, 0)
-        if max_waiting > MAX_WAITING_LIMIT:
-            raise ValueError(f"max_waiting must be <= {MAX_WAITING_LIMIT}, not {max_waiting}")
-        _positive("max_lifetime", max_lifetime, allow_inf=True)
-        _positive("max_idle", max_idle, allow_inf=True)
-        _positive("reconnect_timeout", reconnect_timeout, allow_inf=True)
-        for opt, fn in (("reconnect_failed", reconnect_failed), ("configure", configure)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{opt} must be a callable or None")
-        _reset.check_mode(reset)
-        vet, check_after = health.make_vet(check)
-        if leak_timeout is not None:
-            _positive("leak_timeout", leak_timeout)
-        if green not in ("auto", True, False):
-            raise ValueError(f"green must be 'auto', True or False, not {green!r}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError("name must be a str")
-
+        checked = check_options(
+            conninfo, connect=connect, kwargs=kwargs, min_size=min_size, max_size=max_size,
+            timeout=timeout, max_waiting=max_waiting, max_lifetime=max_lifetime, max_idle=max_idle,
+            reconnect_timeout=reconnect_timeout, reconnect_failed=reconnect_failed,
+            configure=configure, reset=reset, check=check, leak_timeout=leak_timeout, green=green,
+            name=name,
+        )
+        # Nothing was touched before this line: an invalid option leaves no thread or slot.
         self._conninfo = conninfo
-        self._connect_fn = connect or psycopg2.connect
-        self._kwargs = dict(kwargs or {})
-        if connect is None:
-            # Our own connections record what a borrower changed in one flag (see tracking.py);
-            # with reset="auto" their cursors also flag session-changing statements.
-            self._kwargs["connection_factory"] = tracked_class(
-                self._kwargs.get("connection_factory") or psycopg2.extensions.connection,
-                session=reset == "auto",
-            )
-        if (
-            connect is None
-            and "connect_timeout" not in self._kwargs
-            and not (isinstance(conninfo, str) and "connect_timeout" in conninfo)
-        ):
-            self._kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
-        self._min = min_size
+        self._connect_fn: Callable[..., Any] = connect or psycopg2.connect
+        self._kwargs = self._connect_kwargs(conninfo, connect, kwargs, reset)
+        self._min = checked.min_size
+        self._timeout = checked.timeout
         self._max_waiting = max_waiting
         self._max_lifetime = float(max_lifetime)
         self._max_idle = float(max_idle)
@@ -284,17 +263,46 @@ class PoolPolicy:
         self._reconnect_failed = reconnect_failed
         self._configure = configure
         self._reset_mode = reset
-        self._check_after_option = check_after  # idle seconds before the vet runs
-        self._vet_fn = vet
+        self._check_after_option = checked.check_after  # idle seconds before the health check
+        self._health_check = checked.health_check
         self._check_name = repr(check) if isinstance(check, str) or check is None else "<callable>"
         self._leak_timeout = leak_timeout
         self._green = green
         self.name: str = name or f"pool-{next(_counter)}"
         self._scrubber = Scrubber()
         self._scrubber.learn(conninfo if isinstance(conninfo, str) else None, self._kwargs)
+        self._init_bookkeeping()
+        self._init_core(checked.max_size, lifo)
+        self._start_background()
+        if open:
+            self.open()
 
+    @staticmethod
+    def _connect_kwargs(
+        conninfo: ConnInfo, connect: Optional[Callable[..., Any]], kwargs: Optional[Dict[str, Any]],
+        reset: Any,
+    ) -> Dict[str, Any]:
+        """What ``connect`` is called with besides the conninfo."""
+        out = dict(kwargs or {})
+        if connect is None:
+            # Our own connections record what a borrower changed in one flag (see tracking.py);
+            # with reset="auto" their cursors also flag session-changing statements.
+            out["connection_factory"] = tracked_class(
+                out.get("connection_factory") or psycopg2.extensions.connection,
+                session=reset == "auto",
+            )
+        if (
+            connect is None
+            and "connect_timeout" not in out
+            and not (isinstance(conninfo, str) and "connect_timeout" in conninfo)
+        ):
+            out["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        return out
+
+    def _init_bookkeeping(self) -> None:
+        """The policy's own state: reset settings, counters, reconnect backoff, leak tracking."""
         self._defaults: Dict[str, Any] = {}
-        self._reset_every_return = reset == "discard" or callable(reset)
+        self._reset_every_return = self._reset_mode == "discard" or callable(self._reset_mode)
         self._probes_set = False
         self._opened = False
         # guards the policy's own bookkeeping, never the fast path; a real OS lock, never held
@@ -321,15 +329,21 @@ class PoolPolicy:
         # "SQLSTATE: message" of the last attempt if the server refused it for good (see
         # rejection.py); cleared by the next connection made
         self._rejected: Optional[str] = None
-        # connections handed back by finalizers (see _return_later)
-        self._orphans: "collections.deque[Any]" = collections.deque()
+        # (connection, hold token) given back by finalizers (see _return_later); not the core's
+        # _dead, which are connections collected without being given back at all
+        self._finalizer_returns: "collections.deque[Tuple[Any, int]]" = collections.deque()
         # leak tracking
         self._takers: Dict[int, Any] = {}
         self._warned: Dict[int, Any] = {}
 
+    def _init_core(self, max_size: int, lifo: bool) -> None:
+        """Size the core's ring and hand it the knobs known before any connection exists."""
         self._core_setup(max_size, lifo)
         self._core_set_grow_limit(GROW_CONCURRENCY)
         self._configure_core((), "closed")
+
+    def _start_background(self) -> None:
+        """Worker threads (which hold the pool weakly), fork and timing hooks."""
         self._weakself = weakref.ref(self)
         self._workers = Workers(self.name)  # connects (may block for connect_timeout), returns
         # Timers (watchdogs, maintenance) get a thread of their own that never connects, so a
@@ -337,8 +351,6 @@ class PoolPolicy:
         self._timers = Workers(self.name + "-timers", nthreads=1)
         fork.track(self)
         timings.install(self)
-        if open:
-            self.open()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
@@ -359,7 +371,7 @@ class PoolPolicy:
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until ``min_size`` connections are ready; PoolTimeout if not within ``timeout``."""
-        _positive("timeout", timeout, allow_inf=True)
+        positive_seconds("timeout", timeout, allow_inf=True)
         deadline = monotonic() + timeout
         pause = 0.001
         while True:
@@ -398,7 +410,7 @@ class PoolPolicy:
     def closed(self) -> bool:
         return self._core_closed()
 
-    def __enter__(self) -> "PoolPolicy":
+    def __enter__(self) -> Self:
         if not self._opened:
             self.open()
         return self
@@ -452,9 +464,9 @@ class PoolPolicy:
             self._schedule_maintenance(MAINTENANCE_INTERVAL)
 
     # -- borrowing ------------------------------------------------------------------------------
-    def connection(self, timeout: Optional[float] = None) -> _Borrow:
+    def connection(self, timeout: Optional[float] = None) -> _ConnectionBlock[ConnT]:
         """Context manager: a connection, committed on success, rolled back on error, returned."""
-        return _Borrow(self, timeout)
+        return _ConnectionBlock(self, timeout)
 
     def _on_miss(self, timeout: Optional[float], spent: float = 0.0) -> Any:
         """No idle connection could be handed out: queue and wait for a direct handoff, for what
@@ -469,12 +481,35 @@ class PoolPolicy:
         _green.ensure_wait_callback(self._green)
         conn = _green.spin(self._try_get, deadline, self._at_max)  # OS threads only
         if conn is not None:
-            waited = monotonic() - start
-            self._requests_wait += waited
-            hook = self._waited_hook
-            if hook is not None:
-                hook(waited)
+            self._count_wait(monotonic() - start)
             return conn
+        conn, queued = self._join_queue(deadline, start)
+        if queued is None:
+            return conn  # a connection became free while joining the queue
+        waiter, wait = queued
+        self._wait_for_handoff(waiter, wait, deadline, start)
+        conn = self._claim(waiter)
+        if conn is not None and not self._check_handoff(conn, waiter.idle, deadline):
+            # Discarded; a replacement is on its way (the discard freed a slot): wait again for
+            # what is left of the caller's time.
+            return self._on_miss(timeout, monotonic() - start)
+        if conn is None:
+            self._requests_wait += monotonic() - start  # psycopg_pool's meaning: every wait counts
+            raise self._no_handoff(waiter, wait_for)
+        self._count_wait(monotonic() - start)
+        if self._leak_timeout is not None:
+            self._on_checkout(self._slot_for(conn))
+        return conn
+
+    def _count_wait(self, waited: float) -> None:
+        self._requests_wait += waited
+        hook = self._waited_hook
+        if hook is not None:
+            hook(waited)
+
+    def _join_queue(self, deadline: float, start: float) -> Tuple[Any, Optional[Tuple[Any, Callable[[float], bool]]]]:
+        """Queue a waiter: (None, (waiter, wait)), or (conn, None) if a connection became free
+        between the miss and the enqueue. Raises if the queue is full or the pool closed."""
         while True:
             waiter, wait = _green.make_waiter(self._Waiter)
             try:
@@ -485,22 +520,26 @@ class PoolPolicy:
                 if conn is not None:
                     self.putconn(conn)
                 raise
-            if r == RETRY:  # a connection became free between the miss and the enqueue
+            if r == RETRY:
                 conn = self._try_get(max(deadline - monotonic(), 1e-6))
                 if conn is not None:
                     hook = self._waited_hook
                     if hook is not None:
                         hook(monotonic() - start)
-                    return conn
+                    return conn, None
                 continue
-            if r == CLOSED_POOL:  # close() ran since the check above
+            if r == CLOSED_POOL:  # close() ran since the caller's check
                 raise PoolClosed(f"pool {self.name!r} is closed")
             if r == FULL:
                 self._requests_errors += 1
                 raise TooManyRequests(
                     f"pool {self.name!r}: {self._max_waiting} requests already waiting (max_waiting)"
                 )
-            break
+            return None, (waiter, wait)
+
+    def _wait_for_handoff(self, waiter: Any, wait: Callable[[float], bool], deadline: float,
+                          start: float) -> None:
+        """Block until the core hands ``waiter`` a connection, ends it, or ``deadline`` passes."""
         try:
             while True:
                 # In steps: a huge or infinite timeout means "as long as it takes", and no
@@ -516,29 +555,17 @@ class PoolPolicy:
             if conn is not None:
                 self.putconn(conn)
             raise
-        conn = self._claim(waiter)
-        if conn is not None and not self._check_handoff(conn, waiter.idle, deadline):
-            # Discarded; a replacement is on its way (the discard freed a slot): wait again for
-            # what is left of the caller's time.
-            return self._on_miss(timeout, monotonic() - start)
-        # psycopg_pool's meaning: every wait counts, also those that end in a timeout.
-        waited = monotonic() - start
-        self._requests_wait += waited
-        if conn is not None:
-            hook = self._waited_hook
-            if hook is not None:
-                hook(waited)
-            if self._leak_timeout is not None:
-                self._on_checkout(self._slot_for(conn))
-            return conn
+
+    def _no_handoff(self, waiter: Any, wait_for: float) -> PoolError:
+        """The error for a waiter that got no connection: closed, refused, or timed out."""
         self._requests_errors += 1
         if waiter.state == CLOSED:
-            raise PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
+            return PoolClosed(f"pool {self.name!r} was closed while waiting for a connection")
         if waiter.state == FAILED:  # the attempt made for us was refused for good
-            raise self._rejection()
+            return self._rejection()
         self._requests_timeouts += 1
         c = self._counts()
-        raise PoolTimeout(
+        return PoolTimeout(
             f"couldn't get a connection after {wait_for:g} s (pool {self.name!r}: "
             f"size {c['size']}/{c['max']}, {c['idle']} idle, {c['waiting']} waiting)"
             f"{self._last_error_text()}"
@@ -553,13 +580,13 @@ class PoolPolicy:
         one of our locks, so take none: queue it (a deque append is atomic) and ask a worker to
         drain the queue if that can be done without blocking; otherwise the next tick does.
         ``token``: the wrapper's hold token (see ``_hold``), 0 for a bare borrow."""
-        self._orphans.append((conn, token))
-        self._workers.try_submit(_call_weakly, self._weakself, "_drain_orphans")
+        self._finalizer_returns.append((conn, token))
+        self._workers.try_submit(_call_weakly, self._weakself, "_drain_finalizer_returns")
 
-    def _drain_orphans(self) -> None:
-        while self._orphans:
+    def _drain_finalizer_returns(self) -> None:
+        while self._finalizer_returns:
             try:
-                conn, token = self._orphans.popleft()
+                conn, token = self._finalizer_returns.popleft()
             except IndexError:
                 return
             try:
@@ -576,16 +603,16 @@ class PoolPolicy:
         _green.ensure_wait_callback(self._green)
         if self._dead:
             self._drain_dead()
-        if self._orphans:
-            self._workers.try_submit(_call_weakly, self._weakself, "_drain_orphans")
+        if self._finalizer_returns:
+            self._workers.try_submit(_call_weakly, self._weakself, "_drain_finalizer_returns")
 
     # -- health ----------------------------------------------------------------------------------
     def _vet(self, conn: Any, idle: float, remaining: float) -> bool:
         """The health check before a hand-out (the core calls it for idle connections,
         ``_check_handoff`` for direct handoffs). False: the caller discards the connection."""
-        if self._vet_fn is None:
+        if self._health_check is None:
             return True
-        ok = self._vet_fn(conn, idle, functools.partial(self._guarded, limit=remaining))
+        ok = self._health_check(conn, idle, functools.partial(self._with_watchdog, limit=remaining))
         if not ok:
             logger.warning("pool %r: discarding a connection that failed its health check (check=%s)",
                            self.name, self._check_name)
@@ -595,7 +622,7 @@ class PoolPolicy:
         """The same check for a connection handed straight to this waiter (``idle``: seconds
         since it last proved itself; -1 for a new one, already checked in ``_new_connection``).
         False: it failed, and was discarded."""
-        if self._vet_fn is None or idle < 0 or idle < self._check_after_option:
+        if self._health_check is None or idle < 0 or idle < self._check_after_option:
             return True  # "auto": handed over straight from a return, it has just proved itself
         slot = self._slot_for(conn)
         # The waiter was served in time; its check may overrun the caller's deadline a little
@@ -620,15 +647,15 @@ class PoolPolicy:
         failure counts as a failed connection attempt (logged, reconnect backoff, named in
         ``PoolTimeout``), so a check that always fails cannot churn connections. ``"auto"``
         does not check new ones: the handshake and ``configure`` were the round trip."""
-        if self._vet_fn is None or self._check_after_option > 0:
+        if self._health_check is None or self._check_after_option > 0:
             return
-        if not self._vet_fn(conn, 0.0, self._guarded):
+        if not self._health_check(conn, 0.0, self._with_watchdog):
             raise PoolError(f"a new connection failed its health check (check={self._check_name})")
 
     def _default_timeout(self) -> float:
         return self._timeout
 
-    def _guarded(self, fn: Callable[[Any], Any], conn: Any, limit: Optional[float] = None) -> Any:
+    def _with_watchdog(self, fn: Callable[[Any], Any], conn: Any, limit: Optional[float] = None) -> Any:
         """``fn(conn)`` under a watchdog: a round trip to a frozen server cannot hang the caller
         beyond min(ROUND_TRIP_TIMEOUT, timeout, limit). False if the watchdog fired."""
         seconds = min(health.ROUND_TRIP_TIMEOUT, self._timeout, limit if limit is not None else math.inf)
@@ -647,7 +674,7 @@ class PoolPolicy:
             return
         why: Optional[str]
         try:
-            why = self._guarded(
+            why = self._with_watchdog(
                 lambda c: _reset.reset_connection(
                     c, self._defaults, self._reset_mode, self.name, self._configure
                 ),
@@ -878,7 +905,7 @@ class PoolPolicy:
             self._core_set_slot_attr(tracking.SLOT if tracking.is_tracked(conn) else None)
             self._probes_set = True
 
-    def _configure_core(self, probes: tuple, alive_attr: Optional[str]) -> None:
+    def _configure_core(self, probes: Tuple[Tuple[str, Any, bool], ...], alive_attr: Optional[str]) -> None:
         """Hand the core this pool's policy knobs (probes are known once a connection exists)."""
         self._core_configure(
             self._check_after_option,
@@ -912,14 +939,14 @@ class PoolPolicy:
             _green.ensure_wait_callback(self._green)
             if self._dead:
                 self._drain_dead()
-            if self._orphans:
-                self._drain_orphans()
+            if self._finalizer_returns:
+                self._drain_finalizer_returns()
             now = self._now()
             for slot, conn in self._take_idle(now, now - self._max_idle, self._min):
                 self._retire(slot, conn)
             self._ensure_min()
             if self._leak_timeout is not None:
-                self._scan_leaks(now)
+                self._scan_leaks(now, self._leak_timeout)
         finally:
             self._schedule_maintenance(self._maintenance_interval())
 
@@ -937,8 +964,8 @@ class PoolPolicy:
             stack.pop()
         self._takers[slot] = stack
 
-    def _scan_leaks(self, now: float) -> None:
-        for slot in self._in_use_since(now - self._leak_timeout):
+    def _scan_leaks(self, now: float, leak_timeout: float) -> None:
+        for slot in self._in_use_since(now - leak_timeout):
             stack = self._takers.get(slot)
             if stack is None or self._warned.get(slot) is stack:
                 continue
@@ -965,7 +992,7 @@ class PoolPolicy:
         growing serves waiters at once."""
         if max_size is None:
             max_size = min_size
-        _check_sizes(min_size, max_size)
+        check_sizes(min_size, max_size)
         self._min = min_size
         self._set_max(max_size)
         for slot, conn in self._take_idle(-math.inf, math.inf, max_size):
@@ -975,7 +1002,7 @@ class PoolPolicy:
     def check(self) -> None:
         """Ping every idle connection now; discard and replace the dead ones."""
         for slot, conn in self._take_all_idle():
-            if self._guarded(health.ping, conn):
+            if self._with_watchdog(health.ping, conn):
                 if not self._restore(slot):
                     self._retire(slot, conn)
             else:
@@ -1069,27 +1096,43 @@ class PoolPolicy:
         )
 
 
-_classes: Dict[str, type] = {}
+# help() and inspect show __init__'s options, not __new__'s (*args, **kwargs).
+Pool.__signature__ = inspect.signature(Pool.__init__).replace(  # type: ignore[attr-defined]
+    parameters=list(inspect.signature(Pool.__init__).parameters.values())[1:]
+)
+
+# Pool (or a user's subclass of it) with a core mixed in, per (class, core): see Pool.__new__.
+_with_core_cache: Dict[Tuple[type, str], type] = {}
 
 
-def pool_class(impl: str) -> type:
-    """The Pool class built on the core ``impl`` ("c" or "python"); tests run both."""
-    cls = _classes.get(impl)
-    if cls is None:
+def _with_core(cls: type, impl: str) -> type:
+    """``cls`` with the core ``impl`` ("c" or "python") mixed in after it.
+
+    The core's methods (``getconn``/``putconn``: C functions on the C core) are found on the
+    instance's own class, not wrapped: a Python method in between costs more than the C
+    core's whole cycle. The policy (``cls``) comes first in the MRO, so its hooks replace the
+    core's defaults."""
+    key = (cls, impl)
+    made = _with_core_cache.get(key)
+    if made is None:
         core = _impl.load(impl)
-        cls = type(
-            "Pool",
-            (PoolPolicy, core.Core),
+        made = type(
+            cls.__name__,
+            (cls, core.Core),
             {
-                "__module__": "fastpool",
-                "__doc__": PoolPolicy.__doc__,
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__,
                 "misuse_error": PoolMisuse,
                 "_Waiter": core.Waiter,
                 "_core_impl": impl,
             },
         )
-        _classes[impl] = cls
-    return cls
+        _with_core_cache[key] = made
+    return made
 
 
-Pool: Any = pool_class(_impl.impl)
+def pool_class(impl: str) -> "type[Pool[Any]]":
+    """``fastpool.Pool`` on the core ``impl`` ("c" or "python") whatever ``FASTPOOL_IMPL`` says;
+    tests run both. Its instances are ``fastpool.Pool`` instances."""
+    return _with_core(Pool, impl)

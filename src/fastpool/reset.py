@@ -25,7 +25,7 @@ puts the connection straight back; only a connection that differs takes the slow
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from psycopg2.extensions import STATUS_READY
 
@@ -65,7 +65,7 @@ def probes_for(conn: Any, defaults: Dict[str, Any], restore: bool) -> Tuple[Prob
     # connection, and one of those may be mid-transaction. On a connection without it the
     # probe fails, so its returns take the slow path (reset_connection). Also covers
     # "closed": psycopg2 reports UNKNOWN for a closed connection.
-    probes = [("get_transaction_status", IDLE, True)]
+    probes: List[Tuple[str, Any, bool]] = [("get_transaction_status", IDLE, True)]
     if hasattr(conn, "status"):
         # psycopg2's own view: after cur.execute("COMMIT") the server is idle but psycopg2
         # still says BEGIN, and would send the next borrower's statements without a BEGIN.

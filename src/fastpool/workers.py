@@ -18,7 +18,10 @@ import heapq
 import itertools
 import logging
 from time import monotonic
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
+
+#: a scheduled call: [when, seq, fn (None once cancelled), args]
+Entry = List[Any]
 
 from . import _original
 
@@ -30,7 +33,7 @@ DEFAULT_THREADS = 3
 #: OS thread ids of every fastpool worker thread: there, psycopg2 waits natively, never through a
 #: gevent/eventlet hub (see green.py: creating a hub in a second OS thread of a patched process
 #: can deadlock on the import locks, and a worker has no greenlets to yield to anyway).
-WORKER_THREADS: set = set()
+WORKER_THREADS: Set[int] = set()
 
 
 class Workers:
@@ -44,7 +47,7 @@ class Workers:
     def _reset_state(self) -> None:
         self._lock = _original.allocate_lock()
         # entries are [when, seq, fn, args]; cancel() blanks fn (lazy deletion)
-        self._heap: List[list] = []
+        self._heap: List[Entry] = []
         self._ncancelled = 0  # blank entries still in the heap
         self._seq = itertools.count()
         self._nthreads_started = 0
@@ -53,20 +56,20 @@ class Workers:
         self._running: Dict[Any, Optional[int]] = {}
         self._stopping = False
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Optional[list]:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Optional[Entry]:
         return self.schedule_at(0.0, fn, *args)
 
-    def schedule(self, delay: float, fn: Callable[..., Any], *args: Any) -> Optional[list]:
+    def schedule(self, delay: float, fn: Callable[..., Any], *args: Any) -> Optional[Entry]:
         return self.schedule_at(monotonic() + delay, fn, *args)
 
-    def try_submit(self, fn: Callable[..., Any], *args: Any) -> Optional[list]:
+    def try_submit(self, fn: Callable[..., Any], *args: Any) -> Optional[Entry]:
         """submit(), unless that would block: for finalizers and other code that may run while
         this very thread holds the lock (None then; the caller must have a fallback)."""
         return self.schedule_at(0.0, fn, *args, blocking=False)
 
     def schedule_at(
         self, when: float, fn: Callable[..., Any], *args: Any, blocking: bool = True
-    ) -> Optional[list]:
+    ) -> Optional[Entry]:
         """Run ``fn(*args)`` at monotonic time ``when``; returns a handle for :meth:`cancel`."""
         entry = [when, next(self._seq), fn, args]
         start = False
@@ -98,7 +101,7 @@ class Workers:
     #: watchdogs are scheduled and cancelled on every guarded round trip, seconds ahead.
     COMPACT_AT = 100
 
-    def cancel(self, entry: Optional[list]) -> None:
+    def cancel(self, entry: Optional[Entry]) -> None:
         """Forget a scheduled call."""
         if entry is None or entry[2] is None:
             return

@@ -243,13 +243,13 @@ def s_basic() -> None:
     setup()
     import fastpool
     from django.db import connection
-    from fastpool.pool import PoolPolicy
+    from fastpool import Pool
 
     Item = item_model()
     pool = connection.pool
     res: Dict[str, Any] = {
         "pool_class": f"{type(pool).__module__}.{type(pool).__name__}",
-        "is_fastpool_pool": isinstance(pool, PoolPolicy),
+        "is_fastpool_pool": isinstance(pool, Pool),
         "core": getattr(pool, "_core_impl", None),
         "fastpool_impl": fastpool.__impl__,
         "pool_name": pool.name,
