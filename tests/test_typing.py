@@ -37,9 +37,10 @@ except ImportError:
 
 
 def run_mypy(*args: str, env: Any = None) -> Tuple[int, str]:
-    # A cache of its own per run: another version's cache cannot answer for this tree.
+    # No cache, read or written: another version's cache cannot answer for this tree.
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--no-incremental", "--config-file", str(ROOT / "pyproject.toml"),
+        [sys.executable, "-m", "mypy", "--no-incremental", "--cache-dir", os.devnull,
+         "--config-file", str(ROOT / "pyproject.toml"),
          *args],
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
     )

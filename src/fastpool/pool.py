@@ -215,8 +215,9 @@ class Pool(Generic[ConnT], _DeclaredCore):
             """Give back a connection from ``getconn``; ``PoolMisuse`` if it is not one."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Pool[ConnT]":
-        # Pool(...) or a user's subclass: the same class with the selected core mixed in.
-        if "_core_impl" not in cls.__dict__:
+        # Pool(...) or a user's subclass of it: the same class with the selected core mixed in
+        # (a class that has a core already, from pool_class() or _with_core(), keeps it).
+        if getattr(cls, "_core_impl", None) is None:
             cls = _with_core(cls, _impl.impl)
         return super().__new__(cls)  # the core's __new__ (C: allocates the ring's struct)
 
