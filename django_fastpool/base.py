@@ -345,11 +345,6 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         self._fastpool_finalizer = weakref.finalize(self, _return_orphan, weakref.ref(pool), conn, token)
         return conn
 
-    def init_connection_state(self) -> None:
-        # Django >= 5.1 skips its per-connection configuration when self.pool is set; 4.2
-        # re-checks the time zone (no round trip when configure() already set it).
-        super().init_connection_state()
-
     def _close(self) -> None:
         if self.connection is None:
             return

@@ -14,7 +14,7 @@ echoed and never handed to libpq: the pool names the problem in words that quote
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
+from typing import Any, Callable, Dict, Optional, Set, Union
 
 from psycopg2.extensions import parse_dsn
 
@@ -136,6 +136,3 @@ class Scrubber:
         for secret in self._secrets:
             text = text.replace(secret, MASK)
         return mask_text(text)
-
-    def scrub_all(self, texts: Iterable[str]) -> List[str]:
-        return [self.scrub(t) for t in texts]

@@ -1,8 +1,11 @@
-"""How a caller blocks while the pool is exhausted.
+"""How a plain OS thread blocks while the pool is exhausted: on a lock of its own, released by
+whoever hands it a connection.
 
-The waiter is chosen at wait time, not import time: an OS thread blocks on a lock. (Greenlet
-hubs are handled by :mod:`fastpool.green` once it exists; a gevent-patched ``_thread`` lock already
-cooperates with the hub.)
+:mod:`fastpool.green` picks the waiter at every wait (never at import) and uses this one for a
+thread with no greenlet hub. The lock is taken from ``_thread`` as it is at that moment, on
+purpose: a caller's wait is the one place fastpool blocks cooperatively, so in a process that
+gevent or eventlet patched it is their lock, which waits through the thread's hub (its other
+greenlets keep running) instead of blocking the thread (the threading rule: :mod:`fastpool._original`).
 """
 
 from __future__ import annotations
@@ -25,5 +28,3 @@ def thread_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
 
     return waiter_cls(lock.release), wait
 
-
-make_waiter = thread_waiter
