@@ -26,7 +26,7 @@ The DSN is shown with its password masked, always.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from .conninfo import Scrubber, conninfo_problem, masked_conninfo
 
@@ -121,24 +121,67 @@ def collect(conn: Any) -> Dict[str, Any]:
 def analyze(facts: Dict[str, Any], processes: int, reserve: Optional[int] = None) -> Dict[str, Any]:
     """The recommendation and warnings for ``facts`` (as returned by :func:`collect`)."""
     _check_processes(processes)
+    budget = _budget(facts, processes, reserve)
+    tally = _tally(facts["activity"])
+    return {
+        "server_version": facts.get("server_version"),
+        "server_version_num": facts.get("server_version_num"),
+        "max_connections": budget.max_connections,
+        "superuser_reserved_connections": facts["superuser_reserved_connections"],
+        "reserved_connections": facts.get("reserved_connections", 0),
+        "safety_margin": budget.safety_margin,
+        "reserve": budget.reserve,
+        "reserve_source": budget.reserve_source,
+        "usable_connections": budget.usable,
+        "processes": processes,
+        "recommended_max_size": budget.recommended,
+        "current_connections": tally.total,
+        "by_state": dict(sorted(tally.by_state.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "by_application": dict(sorted(tally.by_app.items(), key=lambda kv: (-kv[1]["total"], kv[0]))),
+        "idle_in_transaction": tally.idle_in_transaction,
+        "warnings": _warnings(budget, tally, processes),
+    }
+
+
+class _Budget(NamedTuple):
+    """What the pools may use: max_connections minus the reserve, shared by the processes."""
+
+    max_connections: int
+    reserve: int
+    reserve_source: str  # "default" or "given"
+    safety_margin: Optional[int]  # the default reserve's margin; None for a given reserve
+    usable: int
+    recommended: int  # max_size per process
+
+
+def _budget(facts: Dict[str, Any], processes: int, reserve: Optional[int]) -> _Budget:
     max_conn = facts["max_connections"]
-    su = facts["superuser_reserved_connections"]
-    res = facts.get("reserved_connections", 0)
-    budget = default_reserve(max_conn, su, res)
+    default = default_reserve(max_conn, facts["superuser_reserved_connections"],
+                              facts.get("reserved_connections", 0))
     if reserve is None:
-        reserve_source = "default"
-        reserve = budget["reserve"]
+        reserve_source, reserve, margin = "default", default["reserve"], default["safety_margin"]
     else:
         _check_reserve(reserve)
-        reserve_source = "given"
+        reserve_source, margin = "given", None
     usable = max(0, max_conn - reserve)
-    recommended = usable // processes
+    return _Budget(max_conn, reserve, reserve_source, margin, usable, usable // processes)
 
+
+class _Tally(NamedTuple):
+    """The server's current client connections, counted by state and by application."""
+
+    total: int
+    by_state: Dict[str, int]
+    by_app: Dict[str, Dict[str, int]]  # application_name -> {"total": n, state: n, ...}
+    idle_in_transaction: List[Dict[str, Any]]  # per application, oldest first
+
+
+def _tally(activity: List[Dict[str, Any]]) -> _Tally:
     by_state: Dict[str, int] = {}
     by_app: Dict[str, Dict[str, int]] = {}
     iit: Dict[str, Dict[str, Any]] = {}
     total = 0
-    for row in facts["activity"]:
+    for row in activity:
         state, app, n = row["state"], row["application_name"], row["count"]
         total += n
         by_state[state] = by_state.get(state, 0) + n
@@ -152,87 +195,102 @@ def analyze(facts: Dict[str, Any], processes: int, reserve: Optional[int] = None
             if age is not None:
                 item["max_age_seconds"] = max(item["max_age_seconds"], age)
     idle_in_transaction = sorted(iit.values(), key=lambda d: (-d["max_age_seconds"], d["application_name"]))
+    return _Tally(total, by_state, by_app, idle_in_transaction)
 
-    warnings: List[Dict[str, Any]] = []
-    if recommended < 1:
-        warnings.append({
-            "code": "no_room",
-            "message": (
-                f"max_connections {max_conn} minus a reserve of {reserve} leaves {usable} connections: "
-                f"not even one per process for {processes} processes; raise max_connections, lower "
-                "the reserve or the number of processes, or put PgBouncer in front of the server"
-            ),
-        })
-    if usable > 0 and total >= NEAR_LIMIT_FRACTION * usable:
-        warnings.append({
-            "code": "near_limit",
-            "message": (
-                f"{total} client connections are open: {100 * total / usable:.0f}% of the {usable} "
-                f"usable by application pools (max_connections {max_conn} - reserve {reserve}); "
-                "new connections will soon be refused"
-            ),
-            "current": total,
-            "usable": usable,
-        })
-    idle = by_state.get("idle", 0)
-    if idle > IDLE_MIN and idle > IDLE_FRACTION * total:
-        top = sorted(((-d["idle"], app) for app, d in by_app.items() if d.get("idle")))
-        apps: List[Dict[str, Any]] = [{"application_name": app, "idle": -n} for n, app in top]
-        names = ", ".join(f"{_app_label(a['application_name'])} ({a['idle']})" for a in apps[:5])
-        warnings.append({
-            "code": "idle_connections",
-            "message": (
-                f"{idle} of {total} client connections are idle: connections that persist but are "
-                "not reused (e.g. Django CONN_MAX_AGE under gevent/eventlet keeps one per greenlet); "
-                f"use a bounded pool per process. Most idle: {names}"
-            ),
-            "idle": idle,
-            "total": total,
-            "applications": apps,
-        })
-    if idle_in_transaction:
-        n = sum(d["count"] for d in idle_in_transaction)
-        names = ", ".join(
-            f"{_app_label(d['application_name'])} ({d['count']}, oldest {_age(d['max_age_seconds'])})"
-            for d in idle_in_transaction
-        )
-        warnings.append({
-            "code": "idle_in_transaction",
-            "message": (
-                f"{n} connection{'s' if n != 1 else ''} idle in transaction (holding locks and "
-                f"snapshots; a missing commit/rollback or a leaked connection): {names}. Consider "
-                "idle_in_transaction_session_timeout"
-            ),
-            "count": n,
-            "applications": idle_in_transaction,
-        })
-    hidden = by_state.get(HIDDEN_STATE, 0)
-    if hidden:
-        warnings.append({
-            "code": "insufficient_privilege",
-            "message": (
-                f"the state of {hidden} connections is hidden from this user; counts by state are "
-                "incomplete (connect as a superuser or a member of pg_read_all_stats)"
-            ),
-        })
 
+def _warnings(budget: _Budget, tally: _Tally, processes: int) -> List[Dict[str, Any]]:
+    """Every symptom found, in a fixed order (the report and --json list them as they come)."""
+    found = (
+        _warn_no_room(budget, processes),
+        _warn_near_limit(budget, tally),
+        _warn_idle_connections(tally),
+        _warn_idle_in_transaction(tally),
+        _warn_hidden_states(tally),
+    )
+    return [w for w in found if w is not None]
+
+
+def _warn_no_room(budget: _Budget, processes: int) -> Optional[Dict[str, Any]]:
+    if budget.recommended >= 1:
+        return None
     return {
-        "server_version": facts.get("server_version"),
-        "server_version_num": facts.get("server_version_num"),
-        "max_connections": max_conn,
-        "superuser_reserved_connections": su,
-        "reserved_connections": res,
-        "safety_margin": budget["safety_margin"] if reserve_source == "default" else None,
-        "reserve": reserve,
-        "reserve_source": reserve_source,
-        "usable_connections": usable,
-        "processes": processes,
-        "recommended_max_size": recommended,
-        "current_connections": total,
-        "by_state": dict(sorted(by_state.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "by_application": dict(sorted(by_app.items(), key=lambda kv: (-kv[1]["total"], kv[0]))),
-        "idle_in_transaction": idle_in_transaction,
-        "warnings": warnings,
+        "code": "no_room",
+        "message": (
+            f"max_connections {budget.max_connections} minus a reserve of {budget.reserve} leaves "
+            f"{budget.usable} connections: not even one per process for {processes} processes; raise "
+            "max_connections, lower the reserve or the number of processes, or put PgBouncer in "
+            "front of the server"
+        ),
+    }
+
+
+def _warn_near_limit(budget: _Budget, tally: _Tally) -> Optional[Dict[str, Any]]:
+    usable, total = budget.usable, tally.total
+    if usable <= 0 or total < NEAR_LIMIT_FRACTION * usable:
+        return None
+    return {
+        "code": "near_limit",
+        "message": (
+            f"{total} client connections are open: {100 * total / usable:.0f}% of the {usable} "
+            f"usable by application pools (max_connections {budget.max_connections} - reserve "
+            f"{budget.reserve}); new connections will soon be refused"
+        ),
+        "current": total,
+        "usable": usable,
+    }
+
+
+def _warn_idle_connections(tally: _Tally) -> Optional[Dict[str, Any]]:
+    idle, total = tally.by_state.get("idle", 0), tally.total
+    if not (idle > IDLE_MIN and idle > IDLE_FRACTION * total):
+        return None
+    top = sorted(((-d["idle"], app) for app, d in tally.by_app.items() if d.get("idle")))
+    apps: List[Dict[str, Any]] = [{"application_name": app, "idle": -n} for n, app in top]
+    names = ", ".join(f"{_app_label(a['application_name'])} ({a['idle']})" for a in apps[:5])
+    return {
+        "code": "idle_connections",
+        "message": (
+            f"{idle} of {total} client connections are idle: connections that persist but are "
+            "not reused (e.g. Django CONN_MAX_AGE under gevent/eventlet keeps one per greenlet); "
+            f"use a bounded pool per process. Most idle: {names}"
+        ),
+        "idle": idle,
+        "total": total,
+        "applications": apps,
+    }
+
+
+def _warn_idle_in_transaction(tally: _Tally) -> Optional[Dict[str, Any]]:
+    iit = tally.idle_in_transaction
+    if not iit:
+        return None
+    n = sum(d["count"] for d in iit)
+    names = ", ".join(
+        f"{_app_label(d['application_name'])} ({d['count']}, oldest {_age(d['max_age_seconds'])})"
+        for d in iit
+    )
+    return {
+        "code": "idle_in_transaction",
+        "message": (
+            f"{n} connection{'s' if n != 1 else ''} idle in transaction (holding locks and "
+            f"snapshots; a missing commit/rollback or a leaked connection): {names}. Consider "
+            "idle_in_transaction_session_timeout"
+        ),
+        "count": n,
+        "applications": iit,
+    }
+
+
+def _warn_hidden_states(tally: _Tally) -> Optional[Dict[str, Any]]:
+    hidden = tally.by_state.get(HIDDEN_STATE, 0)
+    if not hidden:
+        return None
+    return {
+        "code": "insufficient_privilege",
+        "message": (
+            f"the state of {hidden} connections is hidden from this user; counts by state are "
+            "incomplete (connect as a superuser or a member of pg_read_all_stats)"
+        ),
     }
 
 
