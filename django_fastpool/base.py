@@ -187,6 +187,8 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
     # alias -> (fingerprint of connection settings, Pool); one pool per alias per process
     # (fastpool resets pools in forked children by itself).
     _fastpools: Dict[str, Tuple[Any, Any]] = {}
+    # threading's lock, not a real one: held across the settings probe's connect (I/O), where a
+    # greenlet may switch (the one exception to the threading rule, fastpool._original).
     _fastpools_lock = threading.Lock()
 
     def __init__(self, settings_dict: Dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:

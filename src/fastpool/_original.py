@@ -1,10 +1,29 @@
 """The real OS-thread primitives, even after gevent or eventlet monkey-patched ``_thread``.
 
-The pool's own machinery (its background threads and the short critical sections of its
-bookkeeping) must behave the same whether or not, and whenever, the process was monkey-patched:
-a pool may be created before patching (gunicorn ``--preload``) and used after. Only a *caller*
-that waits for a connection cooperates with its hub (see :mod:`fastpool.green`); nothing else
-ever switches greenlets, so no lock here is held across a switch.
+**The threading rule** (one for all of fastpool: ``src/fastpool`` and ``django_fastpool``; RELIABILITY.md
+"Threads, locks and greenlets" says it for users, ``tests/test_threading_rule.py`` enforces it):
+
+1. Threads fastpool starts are real OS threads (:func:`start_new_thread`, only in
+   :mod:`fastpool.workers`); they never sleep with ``time.sleep`` but wait on real locks.
+2. Every lock fastpool creates is a real OS lock (:func:`allocate_lock`), whenever the module or
+   object is created -- before or after patching makes no difference. The pool's own threads take
+   these locks (connects, maintenance, a watchdog firing on the timer thread), as may any thread a
+   user calls from. A gevent or eventlet lock is a greenlet primitive: contended from an OS thread
+   other than its hub's, gevent's waits until that hub runs again and eventlet's never returns
+   ("Cannot switch to a different thread") -- a watchdog would not fire while the thread it must
+   rescue is blocked in libpq. Nor does that thread touch a patched ``socket`` or ``select``
+   (gevent's make a hub in the thread that uses them).
+3. Hence: **code holding a lock never switches greenlets** -- no I/O, no waiting, no user callback
+   while it is held. A greenlet that switched away holding a real lock would leave the next
+   greenlet of its thread blocking the whole thread on that lock, the hub included: a deadlock.
+4. Cooperation belongs to a *caller that waits* and nowhere else: a caller waiting for a
+   connection (:mod:`fastpool.green`, :mod:`fastpool.waiting`) or for ``min_size``
+   (``Pool.wait``'s sleep) uses what the process has *at that moment* -- its hub, or the patched
+   ``_thread`` lock or ``time.sleep`` -- so other greenlets run meanwhile.
+
+The one exception is listed, with its reason, in ``tests/test_threading_rule.py``: Django's
+per-alias pool registry lock is held across the settings probe's connect (I/O), so it is
+``threading.Lock`` (cooperative once patched) until the probe leaves it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ working. Any use after ``close()`` raises ``InterfaceError``. A pooled connectio
 
 from __future__ import annotations
 
-import threading
 import weakref
 from typing import Any, Dict, Optional, Tuple
 
@@ -43,6 +42,7 @@ from psycopg2 import (  # noqa: F401  (re-exported: the same classes as psycopg2
 from psycopg2.extensions import TRANSACTION_STATUS_INERROR, TRANSACTION_STATUS_INTRANS, make_dsn
 from psycopg2.extensions import cursor as _pg_cursor
 
+from . import _original
 from .conninfo import conninfo_problem
 
 apilevel = "2.0"
@@ -60,7 +60,9 @@ POOL_OPTIONS = frozenset(
 )
 
 _pools: Dict[Tuple[Any, ...], Any] = {}
-_pools_lock = threading.Lock()
+# A real lock, never held across I/O (the threading rule, fastpool._original): Pool() only
+# schedules its connects.
+_pools_lock = _original.allocate_lock()
 _cursor_classes: Dict[type, type] = {}
 
 

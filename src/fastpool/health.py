@@ -13,10 +13,9 @@
 
 from __future__ import annotations
 
+import _socket
 import os
 import select
-import socket
-import threading
 from typing import Any, Callable, Optional
 
 from . import _original
@@ -115,12 +114,14 @@ def shutdown_socket(conn: Any) -> None:
         return
     try:
         # shutdown() acts on the socket, not the descriptor: a duplicate reaches it without
-        # taking ownership of libpq's descriptor.
-        s = socket.socket(fileno=os.dup(fd))
+        # taking ownership of libpq's descriptor. _socket, not socket: this runs on the timer
+        # thread, and gevent's socket class would make a hub there (the threading rule,
+        # fastpool._original).
+        s = _socket.socket(fileno=os.dup(fd))
     except OSError:
         return
     try:
-        s.shutdown(socket.SHUT_RDWR)
+        s.shutdown(_socket.SHUT_RDWR)
     except OSError:
         pass
     finally:
@@ -137,7 +138,8 @@ class Watchdog:
     RUNNING, DONE, FIRED = 0, 1, 2
 
     def __init__(self, workers: Any, conn: Any, seconds: float) -> None:
-        self._lock = threading.Lock()
+        # A real lock: _fire takes it on the timer thread (the threading rule, fastpool._original).
+        self._lock = _original.allocate_lock()
         self._state = self.RUNNING
         self._conn = conn
         self._workers = workers

@@ -47,7 +47,6 @@ Pools are held by weak reference: a dropped pool is collected and leaves the met
 
 from __future__ import annotations
 
-import threading
 import weakref
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
@@ -59,7 +58,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "fastpool.otel needs opentelemetry-api: pip install 'fastpool[metrics]'"
     ) from exc
 
-from . import __version__, fork, timings
+from . import __version__, _original, fork, timings
 from .metrics import _as_list
 
 __all__ = ["instrument", "Instrumentation"]
@@ -140,7 +139,9 @@ def instrument(
     return inst
 
 
-_lock = threading.Lock()
+# A real lock, as every lock of fastpool (the threading rule, fastpool._original): what it
+# guards calls the SDK's own short sections, never I/O.
+_lock = _original.allocate_lock()
 #: one set of instruments per MeterProvider: the SDK hands back the first instrument of a name
 #: and ignores the callbacks of a second one, so every instrument() call for a provider shares
 #: them (id -> _Meters; the provider itself is kept, so the id cannot be reused meanwhile)

@@ -57,11 +57,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import threading
 from time import monotonic
 from typing import Any, List, Optional
 
-from .. import fork
+from .. import _original, fork
 
 logger = logging.getLogger("fastpool")
 
@@ -71,7 +70,7 @@ __all__ = ["setup", "pools", "close_all", "DEFAULT_CLOSE_TIMEOUT"]
 DEFAULT_CLOSE_TIMEOUT = 5.0
 
 _UID = "fastpool.contrib.celery."
-_state_lock = threading.Lock()
+_state_lock = _original.allocate_lock()  # the threading rule: fastpool._original
 _close_timeout = DEFAULT_CLOSE_TIMEOUT
 _setup_pid: Optional[int] = None  # the process where setup() ran (a fresh interpreter sets its own)
 
