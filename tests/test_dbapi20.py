@@ -350,7 +350,8 @@ def _make_classes() -> Dict[str, type]:
             "connect": _tpc_connect,
         }
         cls = type(name, (_ModernAliases, dbapi20_tpc.TwoPhaseCommitTests), attrs)
-        classes[name] = pytest.mark.usefixtures("_fastpool_tpc_driver")(cls)
+        # slow: _tpc_dsn starts a private server when the shared one has no prepared transactions
+        classes[name] = pytest.mark.slow(pytest.mark.usefixtures("_fastpool_tpc_driver")(cls))
     return classes
 
 

@@ -32,6 +32,10 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
     pytest.skip(f"Django is not importable ({_exc}); pip install 'fastpool[django]' to run these tests",
                 allow_module_level=True)
 
+# Every test here runs Django in a fresh interpreter (tests/django_app/driver.py), some a real
+# server under load: seconds each, so none is in the fast lane (README, Tests).
+pytestmark = pytest.mark.slow
+
 DRIVER_DIR = Path(__file__).resolve().parent / "django_app"
 DRIVER = DRIVER_DIR / "driver.py"
 TIMEOUT = 120
@@ -531,7 +535,6 @@ def _get_ok(port: int, path: str) -> bool:
         return False
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("server", list(SERVERS))
 def test_server_under_load_no_stall_bounded_clean_shutdown(
         server: str, dsn: str, impl: str, app_name: str, table: str, admin: Any,

@@ -35,6 +35,7 @@ def _has_icu(dsn: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1900)  # beyond run.sh's own 1800 s limit below, whose failure says more
 def test_django_own_suite_passes_on_django_fastpool(dsn: str) -> None:
     if not _has_icu(dsn):
         # Django's test models use the ICU collation "sv-x-icu" (DatabaseFeatures.test_collations)
@@ -72,6 +73,7 @@ REGRESSIONS = {
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(700)  # beyond the run's own 600 s limit below
 def test_django_tests_that_once_differed_pass(dsn: str) -> None:
     env = {**os.environ, "PYTHON": sys.executable, "FASTPOOL_TEST_DSN": dsn,
            "FASTPOOL_DJANGO_NAME": os.environ.get("FASTPOOL_DJANGO_NAME", "django_fp") + "_regr",
@@ -109,6 +111,7 @@ def _shards_module() -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1300)  # beyond the two runs' own 600 s limits below
 def test_sharded_run_records_the_same_outcomes_as_one_run(dsn: str, tmp_path: Path) -> None:
     import json
 

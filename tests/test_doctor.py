@@ -170,6 +170,7 @@ def test_format_report(dsn: str) -> None:
         assert f"[{w['code']}]" in text
 
 
+@pytest.mark.slow
 def test_reserved_connections_on_postgresql_16(private_server: Any) -> None:
     """PG16+ reserved_connections is read and reserved (the shared server may be older)."""
     version = int(_setting(private_server.dsn, "server_version_num"))
@@ -275,6 +276,7 @@ def test_main_function(dsn: str, capsys: pytest.CaptureFixture) -> None:
     assert json.loads(capsys.readouterr().out)["processes"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [
     ["doctor", "--processes", "4"],                      # --dsn missing
     ["doctor", "--dsn", "dbname=x"],                     # --processes missing

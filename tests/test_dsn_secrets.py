@@ -133,6 +133,7 @@ def test_malformed_dsn_is_refused_by_name_not_text(pw: str, form: Any, Pool: Any
     assert_no_fragment(pw, [str(info.value)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pw,form", FIXED, ids=["url%", "url/", "url@", "kv-space"])
 def test_conninfo_callable_returning_a_malformed_dsn_leaks_nothing(
     pw: str, form: Any, Pool: Any, dsn: str, caplog: Any

@@ -22,6 +22,9 @@ from typing import Any, Dict, List, Tuple
 import psycopg2
 import pytest
 
+# Every test here starts private servers and stops one under load: seconds each.
+pytestmark = pytest.mark.slow
+
 
 def server_port(conn: Any) -> int:
     with conn.cursor() as cur:

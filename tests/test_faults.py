@@ -419,6 +419,7 @@ def test_restart_gevent(private_server: Any, impl: str, app_name: str) -> None:
 # 2. killed backends
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("check", ["auto", "ping"])
 def test_killed_idle_backends(pools: Any, private_server: Any, impl: str, app_name: str, check: str) -> None:
     """pg_terminate_backend on every idle pooled connection: the next checkouts see ZERO errors
@@ -462,6 +463,7 @@ def test_killed_idle_backends(pools: Any, private_server: Any, impl: str, app_na
     assert st["connections_lost"] - lost0 == n, st
 
 
+@pytest.mark.slow
 def test_killed_busy_backends(pools: Any, private_server: Any, impl: str, app_name: str) -> None:
     """Backends killed while their connections are checked out: each borrower gets psycopg2's
     OperationalError (not a pool error), putconn accepts the broken connection, and the slots are
@@ -629,6 +631,7 @@ def test_server_down(pools: Any, private_server: Any, impl: str, app_name: str) 
 # 4. frozen server
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("check", ["ping", "auto"])
 def test_frozen_backend(pools: Any, private_server: Any, impl: str, app_name: str, check: str,
                         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -129,6 +129,7 @@ def test_pytest_process_is_never_monkey_patched() -> None:
 # 1. gevent: 200 greenlets share max_size=5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["load_patched_first", "load_patched_after", "load_unpatched"])
 def test_gevent_200_greenlets_share_5_connections(scenario: Any, dsn: str, app_name: str, name: str) -> None:
     """All succeed, never more than 5 server sessions, queries overlap (several in flight at once,
@@ -149,6 +150,7 @@ def test_gevent_200_greenlets_share_5_connections(scenario: Any, dsn: str, app_n
 # 2. eventlet: 100 greenthreads share max_size=5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     "load_patched_first",        # eventlet.monkey_patch() (it registers its own psycopg2 callback)
     "load_patched_after",        # ... after the pool was created and prewarmed
@@ -266,6 +268,7 @@ def test_bare_greenlet_waiter_times_out_cleanly(make_pool: Any) -> None:
 # 4. cancellation never leaks or swallows a connection
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     "cancel_timeout_waiting",             # (a) gevent.Timeout while waiting in getconn
     "cancel_kill_waiter",                 # (b) greenlet.kill() of waiters (GreenletExit, custom)
@@ -281,6 +284,7 @@ def test_gevent_cancellation(scenario: Any, name: str) -> None:
     assert st["requests_waiting"] == 0 and st["pool_available"] == st["pool_size"], st
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     "cancel_during_health_check",             # check="ping": kill lands in getconn's ping
     "cancel_during_health_check_autocommit",  # ... on autocommit connections
@@ -296,6 +300,7 @@ def test_gevent_cancellation_inside_pool_io(scenario: Any, name: str) -> None:
     assert st["requests_waiting"] == 0 and st["pool_available"] == st["pool_size"], st
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     "cancel_timeout_waiting",  # (c) eventlet.Timeout while waiting
     "cancel_kill_waiter",      # greenthread.kill(), including right after a handoff
@@ -307,6 +312,7 @@ def test_eventlet_cancellation(scenario: Any, name: str) -> None:
     assert st["requests_waiting"] == 0 and st["pool_available"] == st["pool_size"], st
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sigint_waiting", "sigint_while_growing"])
 def test_keyboard_interrupt_while_waiting(scenario: Any, name: str) -> None:
     """(f) SIGINT from a timer thread interrupts getconn() in the main thread; afterwards no
@@ -363,6 +369,7 @@ pool.close(); print("ok")
 """
 
 
+@pytest.mark.slow
 def test_foreign_wait_callback_registered_before_the_pool_does_not_hang(dsn: str, impl: str) -> None:
     """Regression: with psycogreen's callback registered first, the pool's worker threads used
     it, each created a gevent hub, and that raced the main thread's hub on import locks."""

@@ -264,6 +264,7 @@ def test_ping_runs_on_direct_handoff(
     assert_settled(pool)
 
 
+@pytest.mark.slow
 def test_failing_check_on_new_connections_backs_off_and_is_named(
     make_pool: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -61,6 +61,7 @@ def test_backends_terminate(dsn: str, app_name: str, backends: Backends) -> None
         conn.close()
 
 
+@pytest.mark.slow
 def test_private_server_restart(private_server: PrivateServers, dsn: str) -> None:
     server_dsn = private_server.dsn
     assert server_dsn != dsn  # never the shared server
@@ -75,6 +76,7 @@ def test_private_server_restart(private_server: PrivateServers, dsn: str) -> Non
     assert _scalar(server_dsn, "SELECT pg_backend_pid()") != before
 
 
+@pytest.mark.slow
 def test_private_server_stop_start(private_server: PrivateServers) -> None:
     server = private_server()  # factory style: an independent server
     server.stop()

@@ -259,6 +259,7 @@ def test_open_wait_on_an_open_pool_waits(make_pool):
 
 
 # -- 7. reconnect_failed fires once, at the deadline --------------------------------------------
+@pytest.mark.slow
 def test_reconnect_failed_fires_once_at_deadline_then_retries_stop(Pool):
     fired: List[float] = []
     t0 = monotonic()
@@ -282,6 +283,7 @@ def test_reconnect_failed_fires_once_at_deadline_then_retries_stop(Pool):
         pool.close()
 
 
+@pytest.mark.slow
 def test_gave_up_pool_recovers_on_demand(Pool, private_server):
     srv = private_server()
     srv.stop()
@@ -322,6 +324,7 @@ def test_check_callable_sleeping_past_timeout_is_documented(make_pool):
     assert pool.stats()["connections_lost"] == 1
 
 
+@pytest.mark.slow
 def test_check_callable_round_trip_is_bounded_by_timeout(make_pool):
     slow = threading.Event()
 

@@ -46,6 +46,7 @@ def _build_wheel(out: Path, env: dict, *options: str) -> subprocess.CompletedPro
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1000)  # beyond _build_wheel's own 900 s limit
 def test_wheel_holds_only_runtime_files(tmp_path: Path) -> None:
     proc = _build_wheel(tmp_path, dict(os.environ))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -63,6 +64,7 @@ def test_wheel_holds_only_runtime_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1300)  # beyond the build's 900 s and the install's 300 s limits
 def test_no_compiler_installs_the_python_core_with_a_warning(tmp_path: Path) -> None:
     env = dict(os.environ, CC="/bin/false", LDSHARED="/bin/false")
     proc = _build_wheel(tmp_path, env, "-v")  # -v: pip shows the build's own output

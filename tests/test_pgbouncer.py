@@ -44,6 +44,9 @@ import pytest
 from conftest import PgBinaries, _make_workdir, free_tcp_port, pg_binaries
 from fastpool import health
 
+# Every test here starts a PgBouncer (some a private server too): seconds each.
+pytestmark = pytest.mark.slow
+
 FAULTS_DIR = Path(__file__).parent / "faults"
 INSTALL_HINT = ("pgbouncer is not installed: `apt-get install -y pgbouncer` (Debian/Ubuntu; .ci/run does "
                 "it when run as root), or set FASTPOOL_PGBOUNCER=/path/to/pgbouncer")

@@ -336,6 +336,7 @@ def test_leak_warning_names_taker_slow_path(make_pool, caplog):
         pool.putconn(conn)
 
 
+@pytest.mark.slow
 def test_leak_warning_once_per_checkout(make_pool, caplog):
     caplog.set_level(logging.WARNING, logger="fastpool")
     pool = make_pool(min_size=1, max_size=2, leak_timeout=0.3)
@@ -366,6 +367,7 @@ def _take_and_drop(pool):
         return cur.fetchone()[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("leak_timeout", [0.3, None], ids=["leak0.3", "noleak"])
 def test_dropped_connection_is_reclaimed(make_pool, app_name, backend_pids, leak_timeout):
     opts = {} if leak_timeout is None else {"leak_timeout": leak_timeout}
@@ -528,6 +530,7 @@ def test_password_in_kwargs_never_leaks(Pool, caplog):
     assert SECRET not in _log_text(caplog)
 
 
+@pytest.mark.slow
 def test_unreachable_server_timeout_mentions_error_and_no_spin(Pool):
     pool = Pool("host=127.0.0.1 port=1 user=postgres dbname=test connect_timeout=1",
                 min_size=1, max_size=4, timeout=0.5)

@@ -69,6 +69,11 @@ def share() -> int:
     return max(2000, TOTAL // (2 * _n_cores()))
 
 
+#: seconds a checkout-budget soak may take: 300 checkouts/s at the least (the greenlet script's own
+#: limit), plus set-up. Beyond pyproject's 600 s once FASTPOOL_SOAK_CHECKOUTS is large.
+SOAK_TIMEOUT = max(600.0, share() / 300 + 120)
+
+
 def rss_report(label: str, curve: List[Tuple[int, int, float]]) -> Dict[str, Any]:
     """Print the RSS curve; return the flatness figures the tests assert on."""
     n = curve[-1][0]
@@ -153,6 +158,7 @@ def counted_fastpool_logs() -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SOAK_TIMEOUT)
 def test_soak_threads(make_pool: Any, backends: Any, impl: str) -> None:
     n = share()
     pool = make_pool(min_size=2, max_size=MAX_SIZE, timeout=10.0)
@@ -303,6 +309,7 @@ PHASE = 1.0  # seconds exhausted, then as long recovering, over and over
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(max(600.0, WAITER_SECONDS + 300))  # the 10-minute run is longer than pyproject's limit
 def test_soak_waiters_exhausted_then_recovering(make_pool: Any, impl: str) -> None:
     """64 threads with random short getconn timeouts (1-50 ms) against a pool that is, in
     turns, exhausted (a holder keeps every connection: all of them time out) and recovering
@@ -431,6 +438,7 @@ def _tail(text: Any, limit: int = 5000) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SOAK_TIMEOUT)
 def test_soak_greenlets(dsn: str, app_name: str, impl: str) -> None:
     n = share()
     seed = os.environ.get("SOAK_SEED", "") or str(random.randrange(1, 2**31))
@@ -513,6 +521,7 @@ def test_cancel_in_check_callable_does_not_leak_slot(make_pool: Any) -> None:
     pool.putconn(pool.getconn(timeout=2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", ["kill_in_reset", "timeout_in_reset", "timeout_in_check", "kill_in_ping"])
 def test_gevent_cancel_in_pool_round_trip(dsn: str, app_name: str, impl: str, scenario: str) -> None:
     """The greenlet versions (tests/faults/cancel_gevent.py): the cancellation must reach the
