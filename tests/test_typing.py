@@ -56,11 +56,13 @@ def run_stubtest(module: str, *args: str, env: Any = None) -> Tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_mypy_strict_is_clean_on_the_package_and_a_users_script() -> None:
     rc, out = run_mypy("src/fastpool", str(TYPING / "user_script.py"))
     assert rc == 0, out
 
 
+@pytest.mark.slow
 def test_mypy_rejects_misuse_of_the_public_api() -> None:
     path = TYPING / "rejected.py"
     expected: Set[Tuple[int, str]] = set()
@@ -76,6 +78,7 @@ def test_mypy_rejects_misuse_of_the_public_api() -> None:
     assert got == expected, out
 
 
+@pytest.mark.slow
 def test_stubtest_compiled_core() -> None:
     try:
         import fastpool._core  # noqa: F401
@@ -85,6 +88,7 @@ def test_stubtest_compiled_core() -> None:
     assert rc == 0, out
 
 
+@pytest.mark.slow
 def test_stubtest_python_core_against_the_same_stub(tmp_path: Path) -> None:
     # One contract for both cores: the twin is checked against _core.pyi itself, presented to
     # stubtest as the stub of fastpool._core_py.
