@@ -100,7 +100,8 @@ def test_stubtest_python_core_against_the_same_stub(tmp_path: Path) -> None:
     (stubs / "_core_py.pyi").write_text(stub)
     env = {**os.environ, "MYPYPATH": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "fastpool._core_py", "--allowlist", str(ALLOWLIST), "--ignore-unused-allowlist"],
+        [sys.executable, "-m", "mypy.stubtest", "fastpool._core_py",
+         "--allowlist", str(ALLOWLIST), "--ignore-unused-allowlist"],
         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

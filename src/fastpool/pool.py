@@ -508,7 +508,9 @@ class Pool(Generic[ConnT], _DeclaredCore):
         if hook is not None:
             hook(waited)
 
-    def _join_queue(self, deadline: float, start: float) -> Tuple[Any, Optional[Tuple[Any, Callable[[float], bool]]]]:
+    def _join_queue(
+        self, deadline: float, start: float
+    ) -> Tuple[Any, Optional[Tuple[Any, Callable[[float], bool]]]]:
         """Queue a waiter: (None, (waiter, wait)), or (conn, None) if a connection became free
         between the miss and the enqueue. Raises if the queue is full or the pool closed."""
         while True:
@@ -906,7 +908,9 @@ class Pool(Generic[ConnT], _DeclaredCore):
             self._core_set_slot_attr(tracking.SLOT if tracking.is_tracked(conn) else None)
             self._probes_set = True
 
-    def _configure_core(self, probes: Tuple[Tuple[str, Any, bool], ...], alive_attr: Optional[str]) -> None:
+    def _configure_core(
+        self, probes: Tuple[Tuple[str, Any, bool], ...], alive_attr: Optional[str]
+    ) -> None:
         """Hand the core this pool's policy knobs (probes are known once a connection exists)."""
         self._core_configure(
             self._check_after_option,
