@@ -50,9 +50,13 @@ def extensions() -> list:
     # through the core are not affected, they come from Python's own frame information).
     link_args = ["-Wl,--strip-all"] if sys.platform.startswith("linux") else []
     return cythonize(
-        [Extension("fastpool._core", ["src/fastpool/_core.pyx"], extra_link_args=link_args)],
+        [Extension("fastpool._core", ["src/fastpool/_core.py"], extra_link_args=link_args)],
         compiler_directives={
             "language_level": 3,
+            # _core.py is also plain Python (the interpreted core): its annotations are for
+            # type checkers; the C types come from _core.pxd and from inference.
+            "annotation_typing": False,
+            "infer_types": True,
             # The ring's invariants are enforced explicitly; these checks only cost time on the hot path.
             "boundscheck": False,
             "wraparound": False,

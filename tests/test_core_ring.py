@@ -10,18 +10,18 @@ Every test runs once per core (ids ``c`` and ``py``); ``FASTPOOL_IMPL=c|python``
 from __future__ import annotations
 
 import gc
-import importlib
 import itertools
 import math
 import os
 import random
 import threading
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
 
-from fastpool import _states
+from fastpool import _impl, _states
 from fastpool._states import (
     CANCELLED,
     CLOSED,
@@ -53,7 +53,7 @@ def _selected() -> List[str]:
 @pytest.fixture(params=_selected(), ids=[_IDS[n] for n in _selected()])
 def core_mod(request: pytest.FixtureRequest) -> Any:
     try:
-        return importlib.import_module(_MODULES[request.param])
+        return _impl.load(request.param)
     except ImportError as exc:  # a missing extension is a build bug: fail, never skip
         pytest.fail(f"cannot import {_MODULES[request.param]}: {exc!r}", pytrace=False)
 
@@ -298,13 +298,31 @@ def test_fifo_hands_out_the_oldest(make: Any) -> None:
     ring._check_invariants()
 
 
-def test_state_numbers_agree() -> None:
-    """The compiled core's C enums carry the numbers fastpool._states names (one meaning each)."""
-    if "c" not in _selected():
-        pytest.skip("the compiled core is not under test")
-    compiled = importlib.import_module(_MODULES["c"])
+def test_state_numbers_agree(core_mod: Any) -> None:
+    """The core runs with the numbers fastpool._states names: the compiled core's C enums
+    (_core.pxd) cannot drift from them."""
     named = {k: v for k, v in vars(_states).items() if k.isupper()}
-    assert compiled._C_STATES == named
+    assert core_mod._NUMBERS == named
+
+
+def test_both_cores_run_one_source() -> None:
+    """No twin to keep in step: the compiled core is Cython's build of _core.py and the Python
+    core is the interpreter running the same file; there is no other core source."""
+    source = Path(_impl.__file__).with_name("_core.py")
+    interpreted = _impl.load("python")
+    assert interpreted.COMPILED is False
+    assert Path(interpreted.Core.getconn.__code__.co_filename) == source
+    assert not list(source.parent.glob("_core*.pyx"))
+    if "c" not in _selected():
+        return
+    compiled = _impl.load("c")
+    assert compiled.COMPILED is True
+    # Cython records the file it compiled in each function's code object.
+    assert Path(compiled.Core.getconn.__code__.co_filename).parts[-2:] == ("fastpool", "_core.py")
+    # Every method the compiled core exposes is one the interpreted core has (the compiled one
+    # hides its C-only helpers, nothing else).
+    methods = {n for n, v in vars(compiled.Core).items() if callable(v) and not n.startswith("__")}
+    assert methods and methods <= set(vars(interpreted.Core)), methods - set(vars(interpreted.Core))
 
 
 def test_counts_and_slot_states(make: Any) -> None:

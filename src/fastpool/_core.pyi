@@ -1,12 +1,15 @@
-# The core's contract, declared once: the compiled core (fastpool/_core.pyx) and its pure-Python
-# twin (_core_py.py) both implement it, and stubtest checks both against this file
-# (tests/test_typing.py). fastpool.Pool (the policy) declares this Core as its base for type
-# checkers, so every core method the policy calls is typed here, and the policy's hooks (last
-# section) must keep the signatures the core calls them with.
+# The core's contract, declared once: the core has one source, fastpool/_core.py, compiled by
+# Cython into fastpool._core and run by the interpreter as fastpool._core_py; stubtest checks
+# both against this file (tests/test_typing.py). fastpool.Pool (the policy) declares this Core as
+# its base for type checkers, so every core method the policy calls is typed here, and the
+# policy's hooks (last section) must keep the signatures the core calls them with.
 from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from typing_extensions import disjoint_base
+
+#: True in the extension Cython built, False where the interpreter runs _core.py
+COMPILED: bool
 
 @disjoint_base
 class Waiter:

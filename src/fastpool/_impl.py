@@ -15,6 +15,8 @@ def load(name: str) -> ModuleType:
     if name == "c":
         from . import _core
 
+        if not _core.COMPILED:  # no extension was built: _core.py itself was imported
+            raise ImportError("fastpool._core is not compiled (no C compiler when fastpool was installed)")
         return _core
     if name == "python":
         from . import _core_py

@@ -1,8 +1,8 @@
-"""The core's state numbers, named once for both cores, the policy (``pool.py``) and the tests.
+"""The core's numbers, named once for both cores, the policy (``pool.py``) and the tests.
 
 The compiled core cannot read Python globals at no cost, so ``_core.pxd`` declares the same
 numbers as C enums; ``tests/test_core_ring.py::test_state_numbers_agree`` fails if the two
-ever differ. What each state means: the docstring of ``_core_py``.
+ever differ. What each slot state means: the docstring of ``_core.py``.
 """
 
 from typing import Final
@@ -29,3 +29,7 @@ ENQUEUED: Final = 0  # queued: wait for a handoff
 RETRY: Final = 1  # a connection became free meanwhile: try to take it
 FULL: Final = 2  # max_waiting callers already wait
 CLOSED_POOL: Final = 3  # the pool closed since the caller last looked
+
+# Tuning of the ring.
+TICK_EVERY: Final = 1024  # getconn calls between two _on_tick() policy calls (a cheap periodic look)
+COMPACT_SLACK: Final = 64  # cancelled waiters tolerated beyond twice the live ones before compacting

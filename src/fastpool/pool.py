@@ -1,6 +1,6 @@
 """``fastpool.Pool``: the policy around the core ring.
 
-The core (``_core.pyx`` or its twin ``_core_py.py``) owns slots, states, the free list, the
+The core (``_core.py``, compiled or interpreted) owns slots, states, the free list, the
 waiter queue and the clock, and implements ``getconn``/``putconn`` fast paths. This module owns
 every decision: how to connect and when to retry, how long to wait, when a connection is too old
 or too idle, how to reset one, what to log. The core calls back into it only on slow paths:
