@@ -95,7 +95,8 @@ def _core_names(impl: str) -> Set[str]:
     names = {n for n in dir(core.Core) if not (n.startswith("__") and n.endswith("__"))}
     source = Path(core.__file__)
     if impl == "python":
-        members, assigned = _class_names(str(source), "Core")
+        # fastpool._core_py runs _core.py, the one source of both cores
+        members, assigned = _class_names(str(source.with_name("_core.py")), "Core")
         names |= members | assigned
     else:
         # C attributes (cdef, invisible from Python) are separate storage from a subclass's
