@@ -1,4 +1,4 @@
-"""Mechanism tests of the core ring (``fastpool._core`` and its twin ``fastpool._core_py``).
+"""Mechanism tests of the core ring (``_core.py``), compiled (``fastpool._core``) and interpreted.
 
 No database here: the ring is driven through a minimal policy subclass (``Ring``) with FAKE
 connection objects. This is the only test module allowed to use fakes, because it tests the
