@@ -15,8 +15,13 @@ def load(name: str) -> ModuleType:
     if name == "c":
         from . import _core
 
-        if not _core.COMPILED:  # no extension was built: _core.py itself was imported
-            raise ImportError("fastpool._core is not compiled (no C compiler when fastpool was installed)")
+        # False: no extension was built and _core.py itself was imported. Missing: an extension
+        # built from the retired _core.pyx (a checkout not rebuilt since).
+        if not getattr(_core, "COMPILED", False):
+            raise ImportError(
+                "fastpool._core is not compiled from this source (no C compiler when fastpool was "
+                "installed, or a build older than _core.py): rebuild with pip install -e ."
+            )
         return _core
     if name == "python":
         from . import _core_py
