@@ -121,7 +121,8 @@ def test_sharded_run_records_the_same_outcomes_as_one_run(dsn: str, tmp_path: Pa
     name = os.environ.get("FASTPOOL_DJANGO_NAME", "django_fp")
     one = subprocess.run(
         ["bash", str(SCRIPT), "--parallel", "1", *SMALL_LABELS],
-        env={**base, "FASTPOOL_DJANGO_NAME": name + "_one", "FASTPOOL_DJANGO_OUTCOMES": str(tmp_path / "one.json")},
+        env={**base, "FASTPOOL_DJANGO_NAME": name + "_one",
+             "FASTPOOL_DJANGO_OUTCOMES": str(tmp_path / "one.json")},
         capture_output=True, text=True, timeout=600,
     )
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
@@ -153,12 +154,13 @@ def test_shard_chunks_partition_runtests_own_label_list(tmp_path: Path) -> None:
         (tests / app / "tests.py").write_text("".join(f"    def test_{i}(self): pass\n" for i in range(n)))
     (tests / "not_a_package").mkdir()
     (tests / "runtests.py").write_text(  # as Django >= 4.0's: gis_tests only on a GIS backend
+        "import os\n"
+        "HERE = os.path.dirname(os.path.abspath(__file__))\n"
         "def get_test_modules(gis_enabled):\n"
-        "    import os\n"
-        "    for f in sorted(os.listdir(os.path.dirname(os.path.abspath(__file__)))):\n"
+        "    for f in sorted(os.listdir(HERE)):\n"
         "        if '.' in f or f in ('data',) or (f == 'gis_tests' and not gis_enabled):\n"
         "            continue\n"
-        "        if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), f, '__init__.py')):\n"
+        "        if os.path.exists(os.path.join(HERE, f, '__init__.py')):\n"
         "            yield f\n"
     )
     labels = shards.test_labels(str(tests))
@@ -174,11 +176,13 @@ def test_shard_merge_reports_an_unfinished_chunk(tmp_path: Path, monkeypatch: py
     import json
 
     shards = _shards_module()
+    (tmp_path / "chunk00.log").write_text("Found 2 test(s).\n")
     (tmp_path / "chunk00.json").write_text(json.dumps({"ran": 2, "outcomes": {"a.T.t1": ["ok", ""],
                                                                                "a.T.t2": ["skipped", "x"]}}))
     monkeypatch.setenv("FASTPOOL_DJANGO_OUTCOMES", str(tmp_path / "merged.json"))
     rc = shards.merge(str(tmp_path), ["a", "b"], [["a"], ["b"]], {0: 0, 1: -15})
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert rc == 1
-    assert merged["ran"] == 2 and merged["labels_run"] == ["a"] and merged["chunks_missing"] == [["b"]]
+    assert merged["ran"] == merged["found"] == 2
+    assert merged["labels_run"] == ["a"] and merged["chunks_missing"] == [["b"]]
     assert set(merged["outcomes"]) == {"a.T.t1", "a.T.t2"}

@@ -157,7 +157,7 @@ def main(argv: List[str]) -> int:
 
 def merge(logdir: str, labels: List[str], work: List[List[str]], status: Dict[int, int]) -> int:
     outcomes: Dict[str, Any] = {}
-    ran = 0
+    ran = found = 0
     missing: List[int] = []
     labels_run: List[str] = []
     for index, chunk in enumerate(work):
@@ -170,15 +170,20 @@ def merge(logdir: str, labels: List[str], work: List[List[str]], status: Dict[in
             missing.append(index)
             continue
         ran += int(data["ran"])
+        with open(os.path.join(logdir, f"chunk{index:02d}.log"), errors="replace") as log:
+            # runtests.py's "Found N test(s)." (its count before running; with no labels given it
+            # prints the full suite's, so the chunks' sum can be checked against it).
+            found += sum(int(m.group(1)) for m in re.finditer(r"^Found (\d+) test", log.read(), re.M))
         overlap = set(outcomes) & set(data["outcomes"])
         assert not overlap, f"shards: tests in two chunks: {sorted(overlap)[:5]}"
         outcomes.update(data["outcomes"])
         labels_run.extend(chunk)
     target = os.environ.get("FASTPOOL_DJANGO_OUTCOMES") or os.path.join(logdir, "outcomes.json")
     with open(target, "w") as f:
-        json.dump({"ran": ran, "outcomes": outcomes, "labels": labels, "labels_run": labels_run,
-                   "chunks_missing": [work[i] for i in missing]}, f, indent=0, sort_keys=True)
-    print(f"shards: {ran} tests ran in {len(work) - len(missing)}/{len(work)} chunks "
+        json.dump({"ran": ran, "found": found, "outcomes": outcomes, "labels": labels,
+                   "labels_run": labels_run, "chunks_missing": [work[i] for i in missing]},
+                  f, indent=0, sort_keys=True)
+    print(f"shards: {found} tests found, {ran} ran in {len(work) - len(missing)}/{len(work)} chunks "
           f"({len(labels_run)}/{len(labels)} labels); outcomes in {target}", flush=True)
     if missing:
         print(f"shards: INCOMPLETE, chunks not run or not finished: {[i + 1 for i in missing]}", flush=True)
