@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Dict, Optional, Tuple
 
@@ -96,6 +97,9 @@ from django.db.backends.utils import CursorDebugWrapper, CursorWrapper  # noqa: 
 from django.utils.functional import cached_property  # noqa: E402
 
 import fastpool  # noqa: E402
+from fastpool import fork  # noqa: E402
+from fastpool.pool import DEFAULT_CONNECT_TIMEOUT  # noqa: E402
+from fastpool.tracking import tracked_class  # noqa: E402
 
 from . import holding  # noqa: E402
 
@@ -283,21 +287,32 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             if entry is not None and entry[0] == fingerprint:
                 return entry[1]
             configure = _make_configure(isolation, role, timezone_name, self.ops, autocommit)
+            options = {"min_size": 0, **options}
+            reset = options.get("reset", "auto")
             # Prove the settings once, synchronously, before any request waits on the pool: a
             # wrong password, database or assume_role then fails now, as with Django's own
-            # backend, instead of as a PoolTimeout after the pool's timeout.
-            probe = psycopg2.connect(**conn_params)
+            # backend, instead of as a PoolTimeout after the pool's timeout. The probe then
+            # becomes the pool's first connection: closing it instead left its server session
+            # alive for a moment while the pool opened max_size others (max_size + 1 sessions).
+            # The pool's own connect arguments, which a connect= pool does not add by itself.
+            kwargs = {"connect_timeout": DEFAULT_CONNECT_TIMEOUT, **conn_params}
+            kwargs["connection_factory"] = tracked_class(
+                conn_params.get("connection_factory") or psycopg2.extensions.connection,
+                session=reset == "auto",
+            )
+            probe = psycopg2.connect(**kwargs)
             try:
                 configure(probe)
-            finally:
+            except BaseException:
                 probe.close()
-            options = {"min_size": 0, **options}
+                raise
             # A reset that wipes the session must be followed by the per-connection setup
             # again (time zone, assumed role): the pool re-runs configure after its own
             # DISCARD ALL ("auto", "discard"); a user's reset callable gets it appended.
-            options["reset"] = _make_reset(options.get("reset", "auto"), configure)
+            options["reset"] = _make_reset(reset, configure)
             pool = fastpool.Pool(
-                kwargs=conn_params, configure=configure, name=f"django:{self.alias}", **options
+                connect=_probe_first(probe), kwargs=kwargs, configure=configure,
+                name=f"django:{self.alias}", **options,
             )
             self._fastpools[self.alias] = (fingerprint, pool)
         self._fastpool_lookup = (key, pool)
@@ -372,11 +387,11 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
     def connect(self) -> None:
         # Django's connect() runs set_autocommit() and may open cursors (version check) right
         # after taking the connection: not release points.
-        self._fastpool_connecting = True
+        previous, self._fastpool_connecting = self._fastpool_connecting, True
         try:
             super().connect()
         finally:
-            self._fastpool_connecting = False
+            self._fastpool_connecting = previous  # a nested connect() must not end the outer one
 
     def make_cursor(self, cursor: Any) -> Any:
         if not self._fastpool_release_between or self._fastpool_owner is None:
@@ -436,6 +451,38 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         if self.alias == NO_DB_ALIAS:
             return super().close_if_health_check_failed()
         # The pool vets a connection before handing it out.
+
+
+# How long the settings probe may wait to become the pool's first connection: the pool takes
+# it at its first growth, which the request that made the pool starts at once.
+_PROBE_SHELF_LIFE = 5.0
+
+
+def _probe_first(probe: Any) -> Any:
+    """The pool's ``connect``: the settings probe first, then new connections (the pool passes
+    the probe's arguments, its tracked ``connection_factory`` included).
+
+    The probe is only handed over in the process that made it and while fresh: a forked child
+    detaches its inherited copy from the shared socket (fork.neutralise) and connects anew."""
+    spare = [probe]
+    pid = os.getpid()
+    made = time.monotonic()
+
+    def connect(conninfo: str = "", **kwargs: Any) -> Any:
+        try:
+            conn = spare.pop()
+        except IndexError:
+            pass
+        else:
+            if os.getpid() != pid:
+                fork.neutralise(conn)
+            elif time.monotonic() - made < _PROBE_SHELF_LIFE and not conn.closed:
+                return conn
+            else:
+                conn.close()
+        return psycopg2.connect(conninfo, **kwargs)
+
+    return connect
 
 
 def _make_reset(mode: Any, configure: Any) -> Any:

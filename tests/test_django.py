@@ -163,6 +163,22 @@ def test_gevent_200_requests_share_5_connections(run: Callable[..., Dict[str, An
     assert r["stats"]["requests_errors"] == 0
 
 
+def test_gevent_bound_holds_from_startup(run: Callable[..., Dict[str, Any]]) -> None:
+    """max_size bounds the server sessions from the very first request, when the pool is made
+    while 100 requests already wait: the settings probe that proves the connection settings is
+    one of the pool's max_size connections, not one more (it used to be closed while the pool
+    opened max_size others, so the server briefly saw max_size + 1 sessions). Counted two ways:
+    every psycopg2.connect() the process made for the alias (exact), and pg_stat_activity
+    sampled from before the first request."""
+    r = run("gevent_startup", "100", pool={"max_size": 5})
+    assert r["ok"] == 100, r["errors"]
+    assert r["first_sample"] == 0 and r["samples"] > 10, r
+    assert r["opened"] <= 5, r  # the probe included
+    assert r["opened"] == r["stats"]["connections_num"], r  # no connection made outside the pool
+    assert r["max_server_connections"] <= 5, r
+    assert r["stats"]["pool_size"] <= 5 and r["stats"]["requests_errors"] == 0, r["stats"]
+
+
 # --------------------------------------------------------------------------------------------
 # 3. a transaction left open by one request is never seen by the next
 

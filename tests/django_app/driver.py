@@ -303,6 +303,69 @@ def s_basic() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# 2. gevent: the bound holds from start-up (the pool is made while requests already pile up)
+
+
+def s_gevent_startup() -> None:
+    import gevent
+    import psycopg2 as pg
+
+    setup()
+    from django.db import connection
+
+    admin = admin_connection()
+    opened: List[str] = []  # every connection this process opened for the alias (its app name)
+    real_connect = pg.connect
+
+    def counting_connect(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("application_name") == APP:
+            opened.append(kwargs.get("dbname", ""))
+        return real_connect(*args, **kwargs)
+
+    pg.connect = counting_connect
+    samples: List[int] = []
+    stop = False
+
+    def sampler() -> None:
+        while not stop:
+            samples.append(len(server_pids(admin)))
+            gevent.sleep(0.001)
+
+    s = gevent.spawn(sampler)
+    gevent.sleep(0.01)  # sampling before the first request: no connection yet
+
+    def body() -> None:
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_sleep(0.005)")
+
+    results: List[Any] = []
+
+    def worker() -> None:
+        try:
+            request(body)
+            results.append(None)
+        except Exception as exc:
+            results.append(err(exc))
+
+    n_requests = int(ARG or 100)
+    gs = [gevent.spawn(worker) for _ in range(n_requests)]  # all at once: the pool is made under load
+    gevent.joinall(gs, timeout=90)
+    stop = True
+    s.join(5)
+    pg.connect = real_connect
+    emit(
+        ok=sum(1 for r in results if r is None),
+        errors=[r for r in results if r is not None][:5],
+        n_requests=n_requests,
+        opened=len(opened),
+        samples=len(samples),
+        first_sample=samples[0] if samples else None,
+        max_server_connections=max(samples) if samples else None,
+        stats=settled(connection.pool),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # 2. gevent: 200 concurrent greenlet requests on max_size=5
 
 
