@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import django
 from django.core.exceptions import ImproperlyConfigured
@@ -109,6 +109,18 @@ NO_DB_ALIAS = "__no_db__"  # Django's alias for its maintenance ("postgres" db) 
 
 _warned_max_age: set = set()
 
+# This process's id, kept current across fork() (os.getpid() was called twice per request).
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class DatabaseCreation(PgDatabaseCreation):
     """Closes the alias's pool around test-database creation, cloning and destruction: pooled
@@ -176,12 +188,43 @@ class _CountedCursorDebugWrapper(holding.Counted, getattr(pg_base, "CursorDebugW
     pass
 
 
-def _return_orphan(pool_ref: "weakref.ref[Any]", conn: Any, token: int) -> None:
+class _Held:
+    """What a DatabaseWrapper holds from its pool, kept apart from the wrapper so that the
+    wrapper's one finalizer (made once, not per checkout) can give it back without the wrapper."""
+
+    __slots__ = ("pool_ref", "conn", "token")
+
+    def __init__(self) -> None:
+        self.pool_ref: Optional["weakref.ref[Any]"] = None
+        self.conn: Any = None
+        self.token = 0
+
+
+def _return_orphan(held: _Held) -> None:
     """Finalizer of a DatabaseWrapper whose thread/greenlet ended without closing its connection."""
-    pool = pool_ref()
-    if pool is None:
-        return
-    pool._return_later(conn, token)
+    conn, pool = held.conn, held.pool_ref() if held.pool_ref is not None else None
+    held.conn = held.pool_ref = None
+    if conn is not None and pool is not None:
+        pool._return_later(conn, held.token)
+
+
+class _Derived(NamedTuple):
+    """What one full lookup derived from an alias's settings (see DatabaseWrapper._fastpool_fresh)."""
+
+    snapshot: Dict[str, Any]  # a copy of settings_dict, nested dicts and lists copied too
+    timezone_name: Optional[str]
+    entry: Tuple[Any, Any]  # the alias's (fingerprint, Pool) it found
+    params: Dict[str, Any]  # get_connection_params() for these settings
+    isolation_level: Any
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of a settings value that an in-place change of the original does not reach."""
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_snapshot(v) for v in value]
+    return value
 
 
 class DatabaseWrapper(pg_base.DatabaseWrapper):
@@ -194,6 +237,11 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
     # threading's lock, not a real one: held across the settings probe's connect (I/O), where a
     # greenlet may switch (the one exception to the threading rule, fastpool._original).
     _fastpools_lock = threading.Lock()
+    # alias -> what the last full lookup derived from its settings: every later connect() of any
+    # wrapper of the alias (hold="transaction" connects once per transaction; `Connection: close`
+    # clients bring a new wrapper per request) skips get_connection_params(), the fingerprint
+    # and the pool lookup while the settings still equal the snapshot (_fastpool_fresh).
+    _fastpool_derived: Dict[str, _Derived] = {}
 
     def __init__(self, settings_dict: Dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
         super().__init__(settings_dict, alias)
@@ -206,8 +254,10 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             and holding.hold_mode(self.settings_dict["OPTIONS"].get("pool"), alias) == holding.TRANSACTION
         )
         self._fastpool_cursors = 0  # open cursors (holding.Counted) of self.connection
-        self._fastpool_lookup: Optional[Tuple[Any, Any]] = None  # (inputs, pool) of _pool_for
         self._fastpool_connecting = False
+        self._fastpool_held = _Held()
+        # made at the first checkout, once per wrapper: gives back what _fastpool_held holds if
+        # the wrapper is dropped without close() (its thread or greenlet ended)
         self._fastpool_finalizer: Optional[weakref.finalize] = None
         self._fastpool_owner: Any = None
         self._fastpool_token = 0  # the pool's hold token for self.connection (see Pool._hold)
@@ -236,10 +286,27 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         # "hold" is the wrapper's (holding.py), not the Pool's.
         return {k: v for k, v in value.items() if k != "hold"}
 
+    def _fastpool_fresh(self) -> Optional[_Derived]:
+        """The alias's derived settings if they still hold: settings_dict equal to the snapshot
+        (tests change NAME in place, override TIME_ZONE), the same time zone name, and the pool
+        found then still the alias's (close_pool() and a settings change replace it)."""
+        d = self._fastpool_derived.get(self.alias)
+        if (d is not None and self._fastpools.get(self.alias) is d.entry
+                and d.timezone_name == self.timezone_name and d.snapshot == self.settings_dict):
+            return d
+        return None
+
     def get_connection_params(self) -> Dict[str, Any]:
         full = self.settings_dict
         if "pool" not in full["OPTIONS"]:
             return super().get_connection_params()
+        d = self._fastpool_fresh()
+        if d is not None:
+            return d.params  # the callers here only read it
+        return self._uncached_connection_params()
+
+    def _uncached_connection_params(self) -> Dict[str, Any]:
+        full = self.settings_dict
         # A DatabaseWrapper belongs to one thread: swapping its settings for the call is safe.
         self.settings_dict = {**full, "OPTIONS": {k: v for k, v in full["OPTIONS"].items() if k != "pool"}}
         try:
@@ -259,28 +326,35 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             return None
         return self._pool_for(self.get_connection_params())
 
+    def _isolation_level(self) -> Any:
+        level = self.settings_dict["OPTIONS"].get("isolation_level")
+        if level is None:
+            return IsolationLevel.READ_COMMITTED
+        try:
+            return IsolationLevel(level)
+        except ValueError:
+            raise ImproperlyConfigured(  # Django's own wording
+                f"Invalid transaction isolation level {level} specified. "
+                f"Use one of the psycopg.IsolationLevel values."
+            ) from None
+
     def _pool_for(self, conn_params: Dict[str, Any]) -> Any:
+        d = self._fastpool_fresh()
+        if d is not None and conn_params is d.params:
+            return d.entry[1]
+        snapshot = _snapshot(self.settings_dict)
         isolation = self.settings_dict["OPTIONS"].get("isolation_level")
         role = self.settings_dict["OPTIONS"].get("assume_role")
         timezone_name = self.timezone_name
         options = self._pool_options() or {}
         autocommit = bool(self.settings_dict["AUTOCOMMIT"])
-        # hold="transaction" comes here once per transaction: first compare the inputs with
-        # this wrapper's last lookup (dict equality, no sorting or repr), and trust it while
-        # that pool is still the alias's.
-        key = (conn_params, isolation, role, timezone_name, autocommit, options)
-        last = self._fastpool_lookup
-        if last is not None and last[0] == key:
-            entry = self._fastpools.get(self.alias)
-            if entry is not None and entry[1] is last[1]:
-                return last[1]
         # Anything that shapes a physical connection; when it changes (test database name,
         # TIME_ZONE in tests) the old pool is closed and a new one made. Never logged.
         fingerprint = (sorted((k, repr(v)) for k, v in conn_params.items()), isolation, role, timezone_name,
                        autocommit, sorted((k, repr(v)) for k, v in options.items()))
         entry = self._fastpools.get(self.alias)
         if entry is not None and entry[0] == fingerprint:
-            self._fastpool_lookup = (key, entry[1])
+            self._fastpool_remember(snapshot, timezone_name, entry, conn_params)
             return entry[1]
         with self._fastpools_lock:
             entry = self._fastpools.get(self.alias)
@@ -314,11 +388,19 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
                 connect=_probe_first(probe), kwargs=kwargs, configure=configure,
                 name=f"django:{self.alias}", **options,
             )
-            self._fastpools[self.alias] = (fingerprint, pool)
-        self._fastpool_lookup = (key, pool)
+            new_entry = self._fastpools[self.alias] = (fingerprint, pool)
+        self._fastpool_remember(snapshot, timezone_name, new_entry, conn_params)
         if entry is not None:
             entry[1].close()
         return pool
+
+    def _fastpool_remember(self, snapshot: Dict[str, Any], timezone_name: Optional[str],
+                           entry: Tuple[Any, Any], conn_params: Dict[str, Any]) -> None:
+        """Keep what _pool_for derived for the alias's next connects -- only if conn_params are
+        what these settings give (a caller may pass params of its own to get_new_connection)."""
+        level = self._isolation_level()
+        if self._uncached_connection_params() == conn_params:
+            self._fastpool_derived[self.alias] = _Derived(snapshot, timezone_name, entry, conn_params, level)
 
     def close_pool(self) -> None:
         """Close this alias's pool in this process (Django 5.1's name)."""
@@ -329,22 +411,17 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
 
     # -- connections ---------------------------------------------------------------------------
     def get_new_connection(self, conn_params: Dict[str, Any]) -> Any:
-        if self.alias == NO_DB_ALIAS or self._pool_options() is None:
-            return super().get_new_connection(conn_params)
+        d = self._fastpool_fresh()
+        if d is not None and conn_params is d.params:
+            pool, level = d.entry[1], d.isolation_level
+        else:
+            if self.alias == NO_DB_ALIAS or self._pool_options() is None:
+                return super().get_new_connection(conn_params)
+            level = self._isolation_level()
+            pool = self._pool_for(conn_params)
         # As Django's own get_new_connection: self.isolation_level must be set before
         # _set_autocommit() runs; the connection itself got it in configure().
-        level = self.settings_dict["OPTIONS"].get("isolation_level")
-        if level is None:
-            self.isolation_level = IsolationLevel.READ_COMMITTED
-        else:
-            try:
-                self.isolation_level = IsolationLevel(level)
-            except ValueError:
-                raise ImproperlyConfigured(  # Django's own wording
-                    f"Invalid transaction isolation level {level} specified. "
-                    f"Use one of the psycopg.IsolationLevel values."
-                ) from None
-        pool = self._pool_for(conn_params)
+        self.isolation_level = level
         conn = pool.getconn()
         self._fastpool_cursors = 0
         try:
@@ -356,19 +433,22 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
             raise
         self._fastpool_owner = pool
         self._fastpool_token = token
-        self._fastpool_pid = os.getpid()
-        # If this wrapper is dropped without close() (its thread or greenlet ended), the
-        # finalizer gives the connection back instead of leaving it checked out.
-        self._fastpool_finalizer = weakref.finalize(self, _return_orphan, weakref.ref(pool), conn, token)
+        self._fastpool_pid = _pid
+        held = self._fastpool_held
+        if held.pool_ref is None or held.pool_ref() is not pool:
+            held.pool_ref = weakref.ref(pool)
+        held.conn, held.token = conn, token
+        if self._fastpool_finalizer is None:
+            # If this wrapper is dropped without close() (its thread or greenlet ended), the
+            # finalizer gives back what it holds instead of leaving it checked out.
+            self._fastpool_finalizer = weakref.finalize(self, _return_orphan, held)
         return conn
 
     def _close(self) -> None:
         if self.connection is None:
             return
         conn, pool, token = self.connection, self._fastpool_owner, self._fastpool_token
-        if self._fastpool_finalizer is not None:
-            self._fastpool_finalizer.detach()
-            self._fastpool_finalizer = None
+        self._fastpool_held.conn = None  # the finalizer has nothing to give back now
         self._fastpool_owner = None
         self._fastpool_token = 0
         if pool is None:  # the maintenance alias or pooling off: a plain connection
@@ -376,7 +456,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
                 return conn.close()
         # The wrapper must never touch a connection it gave back, even inside an atomic block.
         self.connection = None
-        if self._fastpool_pid != os.getpid():
+        if self._fastpool_pid != _pid:
             # Inherited across fork() (gunicorn --preload): fastpool already detached it from
             # the parent's socket in this process; it is not this process's pool's to take.
             return
