@@ -147,7 +147,17 @@ def view(request):
     return HttpResponse(b"ok", content_type="text/plain", headers={"X-Bench": _info})
 
 
-urlpatterns = [path("", view)]
+def stats(request):
+    """The answering worker's pool counters (django_fastpool only): run.py reads how many
+    checkouts had to wait (requests_queued / requests_num) after the measurement."""
+    import json
+
+    pool = getattr(connection, "pool", None) if BACKEND == "fastpool" else None
+    body = json.dumps(pool.stats() if pool is not None else {})
+    return HttpResponse(body.encode(), content_type="application/json")
+
+
+urlpatterns = [path("", view), path("stats", stats)]
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 

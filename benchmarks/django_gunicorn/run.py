@@ -426,6 +426,15 @@ def wait_ready(url: str, p: subprocess.Popen, timeout: float = 30.0) -> str:
     raise RuntimeError(f"server not ready: {last}")
 
 
+def fetch_stats(url: str) -> Dict[str, Any]:
+    """One worker's pool counters (app.py /stats), or {} if it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+    except Exception:  # noqa: BLE001
+        return {}
+
+
 def worker_pids(master: int) -> List[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
@@ -462,7 +471,7 @@ def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir:
         res["info"] = wait_ready(url, p)
         if c.backend == "native" and "fastpool=0" not in res["info"]:
             raise RuntimeError(f"Django native pool contender imported fastpool: {res['info']}")
-        run_wrk(url, args.threads, args.connections, args.warmup, client=client)  # warm-up (connections, code paths)
+        run_wrk(url, args.threads, args.connections, args.warmup, args.wrk_timeout, client=client)  # warm-up (connections, code paths)
         sampler.mark("measure")
         prof = None
         if profile:
@@ -474,9 +483,11 @@ def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             res["profile_file"] = str(prof_out)
         cpu0 = _cpu_times(p.pid)
-        out = run_wrk(url, args.threads, args.connections, f"{args.seconds:g}s", client=client)
+        out = run_wrk(url, args.threads, args.connections, f"{args.seconds:g}s", args.wrk_timeout, client=client)
         res["server_cpu_s"] = _cpu_times(p.pid) - cpu0
         res["load1"] = os.getloadavg()[0]  # the machine's 1-minute load average at the end of the run
+        if c.backend == "fastpool":
+            res["pool_stats"] = fetch_stats(url + "stats")
         if prof is not None:
             prof.wait(30)
         res.update(parse_wrk(out))
@@ -504,6 +515,12 @@ def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir:
     res["error_kinds"] = error_kinds(logpath)
     res["errors"] = int(res.get("non2xx", 0)) + int(res.get("socket_errors", 0))
     return res
+
+
+def waited_share(stats: Dict[str, Any]) -> float:
+    """Share of one worker's checkouts that found no free connection and queued."""
+    n = stats.get("requests_num") or 0
+    return stats.get("requests_queued", 0) / n if n else float("nan")
 
 
 def _busy_fraction(seconds: float = 1.0) -> float:
@@ -669,6 +686,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=None, help="wrk duration (default 10, --quick 3)")
     ap.add_argument("--warmup", default=None, help="wrk warm-up duration (default 2s, --quick 1s)")
     ap.add_argument("--connections", type=int, default=200)
+    ap.add_argument("--wrk-timeout", type=int, default=2,
+                    help="seconds before wrk counts a request as a timeout error (default 2)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-size", type=int, default=10)
@@ -757,6 +776,7 @@ def main() -> int:
                           + f"  server CPU {r.get('server_cpu_s', 0) / args.seconds:.2f} cores, "
                           f"{r.get('cpu_ms_per_req', float('nan')):.2f} ms/req; machine busy before {100 * busy:.0f}%; "
                           f"load {r.get('load1', float('nan')):.1f}"
+                          + (f"; checkouts that waited {waited_share(r['pool_stats']):.0%}" if r.get("pool_stats") else "")
                           + (f"  FAILED {r['failed']}" if r.get("failed") else "")
                           + (f"  [{'; '.join(f'{v}× {k}' for k, v in list(r['error_kinds'].items())[:2])}]"
                              if r["error_kinds"] else ""), flush=True)
@@ -780,7 +800,8 @@ def main() -> int:
     cap = args.workers * args.max_size
 
     md = [f"Server: {'private PostgreSQL ' + server_version + ' (pgserver binaries), max_connections=' + str(max_conn) if server else dsn + ' (max_connections=' + str(max_conn) + ')'}; "
-          f"`wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s --latency` after a {args.warmup} warm-up; "
+          f"`wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s --timeout={args.wrk_timeout}s --latency` "
+          f"after a {args.warmup} warm-up; "
           f"{args.workers} workers; load average before {load0[0]:.2f} / after {load1[0]:.2f} "
           f"({os.cpu_count()} CPUs); {args.repeat} round(s), each row is the contender's best round "
           f"(other jobs only slow a round down), peak = highest of all rounds; {platform.python_implementation()} "
