@@ -31,7 +31,9 @@ from time import monotonic
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import collections
+import itertools
 import math
+import operator
 import os
 import select
 
@@ -100,21 +102,26 @@ def hub_kind() -> Optional[str]:
 
 def make_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
     """A waiter for the current execution context (see the module docstring)."""
+    if _getcurrent is not None and _get_gevent_hub is not None:
+        # The gevent case, inlined: it runs for every wait of a greenlet.
+        current = _getcurrent()
+        hub = _get_gevent_hub()
+        if hub is not None and current is not hub:
+            park = _Park(hub.__dict__.get("_fastpool_parking") or _gevent_parking(hub))
+            return waiter_cls(park.wake), park.wait
     current = _current_greenlet()
     if current is None:
         return thread_waiter(waiter_cls)
     hub = _gevent_hub()
     if hub is not None and current is not hub:
-        parking: Optional[_GeventParking] = hub.__dict__.get("_fastpool_parking")
-        if parking is None:
-            parking = hub._fastpool_parking = _GeventParking(hub)
-        return parking.waiter(waiter_cls)
+        park = _Park(_gevent_parking(hub))
+        return waiter_cls(park.wake), park.wait
     hub = _eventlet_hub()
     if hub is not None and current is not getattr(hub, "greenlet", None):
         eventlet_parking: Optional[_EventletParking] = getattr(hub, "_fastpool_parking", None)
         if eventlet_parking is None:
             eventlet_parking = hub._fastpool_parking = _EventletParking(hub)
-        return eventlet_parking.waiter(waiter_cls, current)
+        return eventlet_parking.waiter(waiter_cls)
     if current.parent is not None:
         return _bare_greenlet_waiter(waiter_cls)
     return thread_waiter(waiter_cls)
@@ -138,7 +145,10 @@ def spin(try_get: Callable[[float], Any], deadline: float, at_max: Callable[[], 
     False: queueing starts a connection at once) or once its deadline has passed; after
     ``SPIN_YIELDS`` tries the thread queues and is served in order from then on.
     """
-    if hub_kind() is not None or not at_max():
+    current = _current_greenlet()
+    if current is not None and (current.parent is not None or hub_kind() is not None):
+        return None  # a greenlet (a hub's, or a bare one with a parent to yield to)
+    if not at_max():
         return None
     for _ in range(SPIN_YIELDS):
         _sched_yield()  # releases the GIL
@@ -156,8 +166,70 @@ _sched_yield: Callable[[], None] = getattr(os, "sched_yield", None) or (lambda: 
 
 
 _TIMED_OUT = object()
-_WAITING = 0  # the core's Waiter.state while nobody has handed it a connection
 _COMPACT_MIN = 1024  # _Deadlines entries before the first compaction
+_is_parked = operator.attrgetter("parked")
+
+
+class _Park:
+    """One greenlet's wait on its hub: what the core's waiter wakes, and what a deadline expires.
+
+    One object a wait, and the only one besides the core's waiter: no hub ``Waiter``, no
+    closures, no timer. Why so few: a wait lives as long as the queue ahead of it, so everything
+    it allocates survives the young garbage-collector generations and is promoted to the oldest;
+    enough promotions trigger a full collection, which walks every object of the process
+    (measured: with 1000 greenlets on 10 connections, full collections cost more CPU than
+    the rest of the pool).
+
+    ``parked`` is True only while the greenlet sits in the hub switch of ``wait``: a resume
+    (a wake, a deadline) switches into it only then, so a late one -- after a timeout, a kill,
+    or a wake that lost the race -- can never jump into unrelated code. The greenlet is held
+    only while parked (a finished wait may stay a while in the hub's deadline queue: it must
+    not keep a finished request's greenlet alive). The greenlet does not refer to this object,
+    and this object does not refer to the core's waiter: no reference cycle, nothing left for
+    the collector.
+    """
+
+    __slots__ = ("_hub", "_me", "parked")
+
+    def __init__(self, hub: Any) -> None:
+        self._hub = hub
+        self._me: Any = None
+        self.parked = False
+
+    def wake(self) -> None:
+        """Called by the core (once) when this waiter is handed a connection, closed or failed."""
+        hub = self._hub
+        if _get_ident() == hub.owner:
+            hub.call_soon(self.resume, None)
+        else:
+            # From another OS thread (a fastpool worker): hub objects are not thread-safe, so
+            # let the waiter's own hub make the switch.
+            hub.call_soon_threadsafe(self.resume, None)
+
+    def resume(self, value: Any) -> None:
+        """In the hub: switch the parked greenlet in with ``value`` (None, or _TIMED_OUT)."""
+        if self.parked:
+            self.parked = False
+            self._me.switch(value)
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        """Park until woken (True) or ``timeout`` seconds have passed (False)."""
+        hub = self._hub
+        timer = None
+        if timeout is not None:
+            if timeout < 0:
+                timeout = 0.0
+            if not hub.add(hub._now() + timeout, self):
+                timer = hub.timer(timeout, self)  # earlier than the queue's tail: a timer of its own
+        self._me = _getcurrent()  # type: ignore[misc]  # set: a hub exists, so greenlet was seen
+        self.parked = True
+        try:
+            return hub.switch() is not _TIMED_OUT
+        finally:
+            self.parked = False
+            self._me = None
+            if timer is not None:
+                hub.cancel(timer)
 
 
 class _Deadlines:
@@ -167,79 +239,106 @@ class _Deadlines:
     caller, so their deadlines arrive in nondecreasing order and the earliest is always at the
     head: a single timer, armed for the head, is enough. A wait whose deadline would be earlier
     than the tail's (a caller passing a shorter timeout) is refused (``add`` returns False) and
-    gets a timer of its own. An entry is finished when its core waiter is no longer WAITING
-    (handed a connection, cancelled or closed); the pool hands connections out first come, first
-    served, so finished entries gather at the head and are dropped there, on every ``add`` and
-    when the timer fires: the queue stays about as long as the number of live waiters.
+    gets a timer of its own. An entry is finished when its wait is no longer ``parked`` (woken,
+    timed out, cancelled). ``add`` only appends (every wait pays for it); finished entries are
+    dropped when the timer fires (the pool serves first come, first served, so they gather at
+    the head) and by a compaction at C speed once the queue reaches twice the live waits (at
+    least ``_COMPACT_MIN``): the queue stays bounded, in amortised O(1) a wait. Deadlines and
+    waits are kept in two deques (no tuple per wait: see _Park).
 
     Runs only in the hub's own OS thread (waits and the timer callback both do).
+    Subclasses give the hub's primitives: ``_arm``, ``call_soon``, ``switch``, ``timer``,
+    ``cancel``.
     """
 
-    __slots__ = ("_entries", "_armed_at", "_now", "_compact_at")
+    __slots__ = ("_at", "_parks", "_armed_at", "_now", "_compact_at")
 
     def __init__(self) -> None:
-        self._entries: "collections.deque[Tuple[float, Any, Any]]" = collections.deque()
-        self._armed_at = math.inf  # deadline the timer is set for (inf: no timer)
+        self._at: "collections.deque[float]" = collections.deque()
+        self._parks: "collections.deque[Any]" = collections.deque()
+        self._armed_at = math.inf  # the earliest deadline a timer is armed for (inf: none)
         self._now = monotonic
         self._compact_at = _COMPACT_MIN
 
-    def add(self, deadline: float, waiter: Any, expire: Any) -> bool:
-        entries = self._entries
-        while entries and entries[0][1].state != _WAITING:
-            entries.popleft()
-        if entries and deadline < entries[-1][0]:
+    def add(self, deadline: float, park: Any) -> bool:
+        at = self._at
+        if len(at) >= self._compact_at:
+            self._compact()
+            at = self._at
+        if at and deadline < at[-1]:
             return False
-        if len(entries) >= self._compact_at:
-            # Finished entries stuck behind a live head (cancelled waiters, or waits of another
-            # pool on this hub served while the head's pool stays exhausted): drop them all, in
-            # amortised O(1) -- the next compaction waits until the queue doubles again.
-            entries = self._entries = collections.deque(e for e in entries if e[1].state == _WAITING)
-            self._compact_at = max(_COMPACT_MIN, 2 * len(entries))
-        entries.append((deadline, waiter, expire))
-        if self._armed_at == math.inf:
+        at.append(deadline)
+        self._parks.append(park)
+        if deadline < self._armed_at:
+            # No timer yet, or only one for a later deadline (every earlier wait finished and a
+            # shorter timeout came next): arm one for this deadline. A later timer still armed
+            # fires harmlessly (nothing due).
             self._armed_at = deadline
             self._arm(max(0.0, deadline - self._now()))
         return True
 
+    def _compact(self) -> None:
+        """Drop the finished entries, in amortised O(1): the next compaction waits until the
+        queue has doubled again. Entries are not dropped one by one as waits finish (that
+        would cost every wait a few more steps): they go here, at C speed, and when the timer
+        fires. Called before the new wait is parked, so it is not mistaken for a finished one."""
+        live = list(map(_is_parked, self._parks))
+        self._at = collections.deque(itertools.compress(self._at, live))
+        self._parks = collections.deque(itertools.compress(self._parks, live))
+        self._compact_at = max(_COMPACT_MIN, 2 * len(self._parks))
+
     def _fire(self) -> None:
-        """Timer callback (in the hub): expire due waiters, re-arm for the next live one."""
+        """Timer callback (in the hub): expire due waits, re-arm for the next live one."""
         self._armed_at = math.inf
-        entries = self._entries
+        at, parks = self._at, self._parks
         now = self._now()
-        while entries:
-            deadline, waiter, expire = entries[0]
-            if waiter.state != _WAITING:
-                entries.popleft()
-            elif deadline <= now:
-                entries.popleft()
-                # Wakes that waiter with _TIMED_OUT (it cancels itself in the core). This
-                # switches away: meanwhile other waits may add entries and arm a timer.
-                expire()
+        while parks:
+            park = parks[0]
+            if not park.parked:
+                parks.popleft()
+                at.popleft()
+            elif at[0] <= now:
+                parks.popleft()
+                at.popleft()
+                # Switches into that greenlet (it cancels itself in the core); meanwhile other
+                # waits may add entries and arm a timer.
+                park.resume(_TIMED_OUT)
+                at, parks = self._at, self._parks  # a compaction may have replaced them
                 now = self._now()
             else:
-                if deadline < self._armed_at:  # not already covered by a timer armed meanwhile
-                    self._armed_at = deadline
-                    self._arm(deadline - now)
+                if at[0] < self._armed_at:  # not already covered by a timer armed meanwhile
+                    self._armed_at = at[0]
+                    self._arm(at[0] - now)
                 return
 
     def _arm(self, delay: float) -> None:
         raise NotImplementedError
 
 
-class _GeventParking(_Deadlines):
-    """Per-hub gevent machinery, made once per hub: each wait costs a hub ``Waiter`` (gevent's
-    cheapest way to park a greenlet) and the core's waiter, and no timer (see _Deadlines)."""
+def _gevent_parking(hub: Any) -> "_GeventParking":
+    """The hub's ``_GeventParking``, made at its first use."""
+    parking: Optional[_GeventParking] = hub.__dict__.get("_fastpool_parking")
+    if parking is None:
+        parking = hub._fastpool_parking = _GeventParking(hub)
+    return parking
 
-    __slots__ = ("_hub", "_loop", "_owner", "_HubWaiter", "io")
+
+class _GeventParking(_Deadlines):
+    """Per-hub gevent machinery, made once per hub (see _Park, _Deadlines)."""
+
+    __slots__ = ("_hub", "_loop", "owner", "switch", "call_soon", "call_soon_threadsafe", "io")
 
     def __init__(self, hub: Any) -> None:
         super().__init__()
-        from gevent.hub import Waiter as HubWaiter
-
         self._hub = hub
         self._loop = hub.loop
-        self._owner = _get_ident()
-        self._HubWaiter = HubWaiter
+        #: the hub's OS thread; call_soon(fn, arg) runs fn(arg) in the hub, from that thread
+        #: only, call_soon_threadsafe from any other
+        self.owner = _get_ident()
+        self.call_soon = self._loop.run_callback
+        self.call_soon_threadsafe = self._loop.run_callback_threadsafe
+        #: park the current greenlet; returns the value it is switched back in with
+        self.switch = hub.switch
         # fd -> (read watcher, write watcher) for the psycopg2 wait callback: made once per fd
         # instead of once per round trip (what gevent.socket.wait_read does). A watcher holds
         # only (fd, events) and is stopped between waits, so it stays right for whatever socket
@@ -251,38 +350,17 @@ class _GeventParking(_Deadlines):
         return w
 
     def _arm(self, delay: float) -> None:
+        self._loop.timer(delay).start(self._fire)
+
+    def timer(self, delay: float, park: _Park) -> Any:
         timer = self._loop.timer(delay)
-        timer.start(self._fire)
+        timer.start(park.resume, _TIMED_OUT)
+        return timer
 
-    def waiter(self, waiter_cls: Any) -> Tuple[Any, Wait]:
-        parked = self._HubWaiter(self._hub)
-        switch = parked.switch
-        loop, owner = self._loop, self._owner
+    @staticmethod
+    def cancel(timer: Any) -> None:
+        timer.close()
 
-        def wake() -> None:
-            if _get_ident() == owner:
-                loop.run_callback(switch, None)
-            else:
-                # From another OS thread (a fastpool worker): gevent objects are not
-                # thread-safe, so let the waiter's own hub make the switch.
-                loop.run_callback_threadsafe(switch, None)
-
-        w = waiter_cls(wake)
-
-        def wait(timeout: Optional[float]) -> bool:
-            if timeout is None:
-                return parked.get() is not _TIMED_OUT
-            timeout = max(0.0, timeout)
-            if self.add(self._now() + timeout, w, lambda: switch(_TIMED_OUT)):
-                return parked.get() is not _TIMED_OUT
-            timer = loop.timer(timeout)  # an earlier deadline than the queue's tail
-            timer.start(switch, _TIMED_OUT)
-            try:
-                return parked.get() is not _TIMED_OUT
-            finally:
-                timer.close()
-
-        return w, wait
 
 
 class _EventletDoorbell:
@@ -321,58 +399,38 @@ class _EventletDoorbell:
 
 class _EventletParking(_Deadlines):
     """Per-hub eventlet machinery: the hub's own switch and timers (what eventlet's Event does),
-    not a Semaphore plus a Timeout object per wait, and one timer per hub (see _Deadlines)."""
+    not a Semaphore plus a Timeout object per wait (see _Park, _Deadlines)."""
 
-    __slots__ = ("_hub", "_owner", "_doorbell")
+    __slots__ = ("_hub", "owner", "_doorbell", "switch")
 
     def __init__(self, hub: Any) -> None:
         super().__init__()
         self._hub = hub
-        self._owner = _get_ident()
-        self._doorbell: Optional[_EventletDoorbell] = None  # made at the first wait
+        self.owner = _get_ident()  # see _GeventParking
+        self.switch = hub.switch
+        # Made here, in the hub's thread (it spawns its reader greenthread), before any other
+        # thread could need it.
+        self._doorbell = _EventletDoorbell()
+
+    def call_soon(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self._hub.schedule_call_global(0, fn, arg)
+
+    def call_soon_threadsafe(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self._doorbell.ring(lambda: self._hub.schedule_call_global(0, fn, arg))
 
     def _arm(self, delay: float) -> None:
         self._hub.schedule_call_global(delay, self._fire)
 
-    def waiter(self, waiter_cls: Any, me: Any) -> Tuple[Any, Wait]:
-        hub, owner = self._hub, self._owner
-        parked = [False]  # True only while this greenthread sits in wait()'s hub.switch()
-        doorbell = self._doorbell
-        if doorbell is None:
-            # Made here, in the hub's thread (it spawns its reader greenthread), before any
-            # other thread could need it.
-            doorbell = self._doorbell = _EventletDoorbell()
+    def timer(self, delay: float, park: _Park) -> Any:
+        return self._hub.schedule_call_global(delay, park.resume, _TIMED_OUT)
 
-        def resume(value: Any) -> None:
-            # Runs in the hub: switch in only if still parked here (a wake after a timeout, or a
-            # timeout after a wake, must not jump into unrelated code).
-            if parked[0]:
-                parked[0] = False
-                me.switch(value)
+    @staticmethod
+    def cancel(timer: Any) -> None:
+        timer.cancel()
 
-        def wake() -> None:
-            if _get_ident() == owner:
-                hub.schedule_call_global(0, resume, None)
-            else:
-                doorbell.ring(lambda: hub.schedule_call_global(0, resume, None))
-
-        w = waiter_cls(wake)
-
-        def wait(timeout: Optional[float]) -> bool:
-            timer = None
-            if timeout is not None:
-                timeout = max(0.0, timeout)
-                if not self.add(self._now() + timeout, w, lambda: resume(_TIMED_OUT)):
-                    timer = hub.schedule_call_global(timeout, resume, _TIMED_OUT)
-            parked[0] = True
-            try:
-                return hub.switch() is not _TIMED_OUT
-            finally:
-                parked[0] = False
-                if timer is not None:
-                    timer.cancel()
-
-        return w, wait
+    def waiter(self, waiter_cls: Any) -> Tuple[Any, Wait]:
+        park = _Park(self)
+        return waiter_cls(park.wake), park.wait
 
 
 def _bare_greenlet_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
@@ -439,7 +497,7 @@ def _gevent_wait_callback(conn: Any) -> None:
     global _gevent_io
     if _get_ident() in WORKER_THREADS:
         return _drive(conn, _native_read, _native_write)
-    hub = _gevent_hub()
+    hub = _get_gevent_hub() if _get_gevent_hub is not None else _gevent_hub()
     if hub is None or _current_greenlet() is hub:
         # No hub in this thread yet, or called from the hub itself: gevent's own functions.
         if _gevent_io is None:
@@ -447,9 +505,7 @@ def _gevent_wait_callback(conn: Any) -> None:
 
             _gevent_io = (wait_read, wait_write)
         return _drive(conn, *_gevent_io)
-    parking = hub.__dict__.get("_fastpool_parking")
-    if parking is None:
-        parking = hub._fastpool_parking = _GeventParking(hub)
+    parking = hub.__dict__.get("_fastpool_parking") or _gevent_parking(hub)
     fd = conn.fileno()
     watchers = parking.io.get(fd) or parking.watchers(fd)
     wait = hub.wait  # start the watcher, switch to the hub, stop the watcher (even if killed)
@@ -511,6 +567,10 @@ def ensure_wait_callback(green: Any) -> Optional[str]:
     Returns the hub it was registered for (or None). A callback registered by someone else is
     kept, wrapped so that fastpool's worker threads never go through it (whatever ``green``)."""
     current = extensions.get_wait_callback()
+    if current is _gevent_wait_callback or current is _eventlet_wait_callback or (
+        current.__class__ is _WorkerSafe
+    ):
+        return None  # the common case, on every wait: already settled
     if current is not None:
         if green is not False and _is_eventlets_own(current):
             # eventlet.monkey_patch() registers this one by itself (nobody chose it): fastpool's
