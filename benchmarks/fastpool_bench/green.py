@@ -60,9 +60,13 @@ from . import REF
 
 CONTENDERS = ["fastpool-c", "fastpool-python", "dbutils", "sqlalchemy", "psycopg_pool", "hubqueue",
               "nopool"]
+#: also runnable with --only: fastpool's C core with the hub's usual psycopg2 callback instead of
+#: fastpool's own (eventlet: the one eventlet.monkey_patch() registers; gevent: psycogreen's)
+EXTRA_CONTENDERS = ["fastpool-c+hubcb"]
 LABELS = {
     "fastpool-c": "fastpool (C core)",
     "fastpool-python": "fastpool (python core)",
+    "fastpool-c+hubcb": "fastpool (C core), hub's own callback",
     "dbutils": "DBUtils PooledDB + psycogreen",
     "sqlalchemy": "SQLAlchemy QueuePool + psycogreen",
     "psycopg_pool": "psycopg_pool (psycopg 3)",
@@ -72,7 +76,7 @@ LABELS = {
 # --quick leaves out the python core and the hub-queue reference: one subprocess each is most of
 # this scenario's time.
 QUICK_CONTENDERS = ["fastpool-c", "dbutils", "sqlalchemy", "psycopg_pool", "nopool"]
-FASTPOOL = ("fastpool-c", "fastpool-python")
+FASTPOOL = ("fastpool-c", "fastpool-python", "fastpool-c+hubcb")
 NEEDS_PSYCOGREEN = ("dbutils", "sqlalchemy", "hubqueue")
 TARGET_SHARE = 0.95  # issue 14, goal 1
 TARGET_VS_HUBQUEUE = 1.0  # ... and at least the unfair hub-Queue reference, same run
@@ -293,6 +297,15 @@ def child_main(args: Any) -> int:
             q.put(c)
         info["version"] = hub.version
         adapter = peers.Adapter("hubqueue", "psycopg2", q, q.get, q.put)
+    elif name == "fastpool-c+hubcb":
+        spec = peers.get_spec("fastpool-c")
+        info["version"] = spec.version
+        options: Dict[str, Any] = {"kwargs": {"application_name": app}}
+        if args.hub == "gevent":
+            info["wait_callback_from"] = hub.patch_psycopg2()  # fastpool keeps a callback it finds
+        else:
+            options["green"] = False  # keeps the callback eventlet.monkey_patch() registered
+        adapter = spec.make(args.dsn, size, **options)
     else:
         spec = peers.get_spec(name)
         if not spec.available():
@@ -598,7 +611,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--repeat", type=int, default=None,
                    help="rounds per contender, interleaved; median reported (default 3, 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="4 cycles per greenlet, 1 round")
-    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CONTENDERS)}")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CONTENDERS + EXTRA_CONTENDERS)}")
     p.add_argument("--timeout", type=float, default=None, help="per-subprocess timeout, seconds")
     p.add_argument("--sample-ms", type=float, default=None, help="pg_stat_activity sampling period")
     p.add_argument("--busy", type=int, default=None, metavar="N",
@@ -619,7 +632,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(CONTENDERS)
     unknown = [n for n in names if n not in LABELS]
     if unknown:
-        p.error(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
+        p.error(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(CONTENDERS + EXTRA_CONTENDERS)}")
     from .system import fastpool_info, machine_info, mask, server_info
 
     out = Out(plain=True)
