@@ -229,7 +229,7 @@ def ring_class(core_mod: Any) -> type:
             else:
                 self.connecting.append(slot)
 
-        def _vet(self, conn: Any, idle: float, remaining: float = 0.0) -> bool:
+        def _healthy_for_handout(self, conn: Any, idle: float, remaining: float = 0.0) -> bool:
             self.vetted.append((conn, idle))
             return self.vet_result
 

@@ -20,8 +20,8 @@ from fastpool import _impl
 
 # The core's methods the policy overrides on purpose: the core's slow-path callbacks.
 POLICY_HOOKS = {
-    "_on_miss", "_default_timeout", "_on_return", "_vet", "_retire", "_grow", "_on_checkout",
-    "_on_reclaim", "_on_tick",
+    "_on_miss", "_default_timeout", "_on_return", "_healthy_for_handout", "_retire", "_grow",
+    "_on_checkout", "_on_reclaim", "_on_tick",
 }
 # Class attributes the policy sets on the per-core class on purpose (see pool_class).
 POLICY_OVERRIDES = {"misuse_error"}

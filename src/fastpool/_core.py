@@ -198,7 +198,7 @@ class Core:
         self._generation = 0
         self._ticks = TICK_EVERY
         # Policy knobs (set by the policy layer).
-        self._check_after = INFINITY  # idle seconds after which _vet() runs at checkout
+        self._check_after = INFINITY  # idle seconds before _healthy_for_handout() runs at checkout
         self._probes: tuple = ()  # ((attr, expected, is_call), ...) all must hold for a fast return
         self._alive_attr: Optional[str] = None  # attribute that must be falsy at checkout ("closed")
         self._always_slow = False  # every return goes through _on_return (e.g. reset="discard")
@@ -444,7 +444,7 @@ class Core:
                         w.wake()
                     break
                 try:
-                    ok = self._vet(conn, idle, remaining)
+                    ok = self._healthy_for_handout(conn, idle, remaining)
                 except BaseException:
                     self._abandon(slot, conn)  # interrupted (KeyboardInterrupt, greenlet kill)
                     raise
@@ -985,7 +985,7 @@ class Core:
     def _on_return(self, slot: int, conn: Any) -> None:  # pragma: no cover - policy
         raise NotImplementedError
 
-    def _vet(self, conn: Any, idle: float, remaining: float) -> bool:
+    def _healthy_for_handout(self, conn: Any, idle: float, remaining: float) -> bool:
         return True
 
     def _retire(self, slot: int, conn: Any) -> None:  # pragma: no cover - policy

@@ -5,15 +5,15 @@ waiter queue and the clock, and implements ``getconn``/``putconn`` fast paths. T
 every decision: how to connect and when to retry, how long to wait, when a connection is too old
 or too idle, how to reset one, what to log. The core calls back into it only on slow paths:
 
-=================  ======================================================================
-``_on_miss``       no idle connection: wait (thread or greenlet) for a handoff
-``_vet``           a connection idle for a while: health check before hand-out
-``_on_return``     a returned connection that is not clean, too old, or the pool shrank
-``_retire``        close a connection and free its slot
-``_grow``          someone waits and size < max_size: make a connection in the background
-``_on_checkout``   (only with ``leak_timeout``) remember who took the connection
-``_on_reclaim``    a borrowed connection was garbage-collected: say so
-=================  ======================================================================
+========================  ======================================================================
+``_on_miss``              no idle connection: wait (thread or greenlet) for a handoff
+``_healthy_for_handout``  a connection idle for a while: health check before hand-out
+``_on_return``            a returned connection that is not clean, too old, or the pool shrank
+``_retire``               close a connection and free its slot
+``_grow``                 someone waits and size < max_size: make a connection in the background
+``_on_checkout``          (only with ``leak_timeout``) remember who took the connection
+``_on_reclaim``           a borrowed connection was garbage-collected: say so
+========================  ======================================================================
 """
 
 from __future__ import annotations
@@ -610,7 +610,7 @@ class Pool(Generic[ConnT], _DeclaredCore):
             self._workers.try_submit(_call_weakly, self._weakself, "_drain_finalizer_returns")
 
     # -- health ----------------------------------------------------------------------------------
-    def _vet(self, conn: Any, idle: float, remaining: float) -> bool:
+    def _healthy_for_handout(self, conn: Any, idle: float, remaining: float) -> bool:
         """The health check before a hand-out (the core calls it for idle connections,
         ``_check_handoff`` for direct handoffs). False: the caller discards the connection."""
         if self._health_check is None:
@@ -632,7 +632,7 @@ class Pool(Generic[ConnT], _DeclaredCore):
         # rather than have a healthy connection discarded because the clock ran out.
         remaining = max(deadline - monotonic(), HANDOFF_CHECK_MIN)
         try:
-            ok = self._vet(conn, idle, remaining)
+            ok = self._healthy_for_handout(conn, idle, remaining)
         except BaseException:
             # Interrupted (greenlet kill, KeyboardInterrupt): never strand the slot.
             if self._unborrow(slot, conn):
