@@ -307,9 +307,9 @@ class Pool(Generic[ConnT], _DeclaredCore):
         self._probes_set = False
         self._opened = False
         # guards the policy's own bookkeeping, never the fast path; a real OS lock, never held
-        # across a greenlet switch. Not "_lock": the Python core had a lock of that name (now _ring_lock), and one
-        # attribute for both would make the policy's lock the core's (holding it while calling
-        # into the core would then deadlock): tests/test_pool_layers.py keeps the names apart.
+        # across a greenlet switch. Not "_lock": the Python core had a lock of that name (now
+        # _ring_lock), and one attribute for both made the policy's lock the core's (holding it
+        # while calling into the core deadlocked): tests/test_pool_layers.py keeps names apart.
         self._policy_lock = _original.allocate_lock()
         # stats kept by the policy (the core counts the fast-path ones)
         self._requests_wait = 0.0
