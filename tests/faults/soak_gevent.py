@@ -35,6 +35,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from time import monotonic  # noqa: E402
 
 import gevent  # noqa: E402
@@ -246,7 +247,10 @@ def main() -> None:
             victim = rnd.choice(alive)
             where = phase.get(victim, "other")
             victim.kill(block=True, timeout=5)
-            check(victim.dead, "a killed worker did not die")
+            if not victim.dead:  # seen once (C core, loaded box): say where it is stuck
+                print(f"killed worker (phase {where!r}) still alive at:\n"
+                      + "".join(traceback.format_stack(victim.gr_frame)), file=sys.stderr, flush=True)
+            check(victim.dead, "a killed worker did not die", where)
             counts["killed"] += 1
             counts["killed_" + {"getconn": "waiting", "holding": "holding", "exiting": "exiting",
                                 "returning": "returning"}.get(where, "other")] += 1
