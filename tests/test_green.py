@@ -284,6 +284,14 @@ def test_gevent_cancellation(scenario: Any, name: str) -> None:
     assert st["requests_waiting"] == 0 and st["pool_available"] == st["pool_size"], st
 
 
+def test_gevent_reused_fd_does_not_hang(scenario: Any) -> None:
+    """A new connection that gets a closed connection's fd number is waited on with new watchers:
+    the wait callback's per-connection watcher cache is never reused across sockets (it was keyed
+    by fd number once, and that query hung forever; the greenlet soak saw it about 1 run in 50)."""
+    res = scenario("gevent_scenarios.py", "reuse_fd_after_close")
+    assert [r[2] for r in res["rounds"]] == [2, 2, 2], res
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [
     "cancel_during_health_check",             # check="ping": kill lands in getconn's ping

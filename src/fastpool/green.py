@@ -36,6 +36,7 @@ import math
 import operator
 import os
 import select
+import weakref
 
 import psycopg2
 from psycopg2 import extensions
@@ -339,14 +340,22 @@ class _GeventParking(_Deadlines):
         self.call_soon_threadsafe = self._loop.run_callback_threadsafe
         #: park the current greenlet; returns the value it is switched back in with
         self.switch = hub.switch
-        # fd -> (read watcher, write watcher) for the psycopg2 wait callback: made once per fd
-        # instead of once per round trip (what gevent.socket.wait_read does). A watcher holds
-        # only (fd, events) and is stopped between waits, so it stays right for whatever socket
-        # later gets the same fd number, as gevent's own sockets' watchers do.
-        self.io: Dict[int, Tuple[Any, Any]] = {}
+        # fd -> (weak ref to the connection, read watcher, write watcher) for the psycopg2 wait
+        # callback: made once per connection instead of once per round trip (what
+        # gevent.socket.wait_read does). Never reused for another connection that gets the same
+        # fd number: libev registers an fd with the kernel only when a watcher is new or its
+        # events change, so a restarted watcher of a closed socket would wait on the new socket
+        # without the kernel ever reporting it (a query that never wakes: tests/test_green.py
+        # ::test_gevent_reused_fd_does_not_hang). gevent's own sockets make new watchers too.
+        self.io: Dict[int, Tuple[Any, Any, Any]] = {}
 
-    def watchers(self, fd: int) -> Tuple[Any, Any]:
-        w = self.io[fd] = (self._loop.io(fd, 1), self._loop.io(fd, 2))
+    def watchers(self, fd: int, conn: Any) -> Tuple[Any, Any, Any]:
+        loop = self._loop
+        try:
+            ref = weakref.ref(conn)
+        except TypeError:  # not weak-referenceable: fresh watchers for this wait, not cached
+            return (None, loop.io(fd, 1), loop.io(fd, 2))
+        w = self.io[fd] = (ref, loop.io(fd, 1), loop.io(fd, 2))
         return w
 
     def _arm(self, delay: float) -> None:
@@ -507,16 +516,18 @@ def _gevent_wait_callback(conn: Any) -> None:
         return _drive(conn, *_gevent_io)
     parking = hub.__dict__.get("_fastpool_parking") or _gevent_parking(hub)
     fd = conn.fileno()
-    watchers = parking.io.get(fd) or parking.watchers(fd)
+    watchers = parking.io.get(fd)
+    if watchers is None or watchers[0]() is not conn:  # first wait of this connection
+        watchers = parking.watchers(fd, conn)
     wait = hub.wait  # start the watcher, switch to the hub, stop the watcher (even if killed)
     while True:
         state = conn.poll()
         if state == _POLL_OK:
             return
         if state == _POLL_READ:
-            wait(watchers[0])
-        elif state == _POLL_WRITE:
             wait(watchers[1])
+        elif state == _POLL_WRITE:
+            wait(watchers[2])
         else:
             raise psycopg2.OperationalError(f"unexpected result from poll(): {state!r}")
 

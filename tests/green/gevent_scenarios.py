@@ -502,9 +502,47 @@ def timeout_many_waiters_one_timer() -> dict:
     return {"parked_watchers": parked, "verify": verify}
 
 
+# -- a closed connection's fd number reused by the next connection ---------------------------------
+def reuse_fd_after_close() -> dict:
+    """A query on a new connection that got a closed connection's fd number, with no hub
+    iteration in between, must wake up. The wait callback once kept its watchers per fd number:
+    libev re-registers an fd with the kernel only when a watcher is new or its events change,
+    so the restarted watcher waited on a socket the kernel never reported (a hang)."""
+    fp_green.ensure_wait_callback(True)  # what a pool does at its first cooperative wait
+    cb = extensions.get_wait_callback()
+    C.check(fp_green.is_fastpool_callback(cb), "fastpool's wait callback is not registered", _callback_name())
+    rounds = []
+
+    def run() -> None:
+        a = psycopg2.connect(C.DSN)
+        with a.cursor() as cur:  # a read wait: the watcher for a's fd is made and stopped
+            cur.execute("SELECT 1")
+        fd = a.fileno()
+        for _ in range(3):
+            a.close()
+            extensions.set_wait_callback(None)  # connect without a switch: no loop iteration
+            try:
+                b = psycopg2.connect(C.DSN)
+            finally:
+                extensions.set_wait_callback(cb)
+            with b.cursor() as cur:  # the first wait on the reused fd number
+                cur.execute("SELECT pg_sleep(0.01), 2")
+                rounds.append((fd, b.fileno(), cur.fetchone()[1]))
+            a, fd = b, b.fileno()
+        a.close()
+
+    g = gevent.spawn(run)
+    g.join(timeout=10)
+    C.check(g.dead, "a query on a reused fd number never woke up (stale watcher)", rounds)
+    g.get()
+    C.check(len(rounds) == 3 and all(r[2] == 2 for r in rounds), "rounds did not complete", rounds)
+    C.check(any(r[0] == r[1] for r in rounds), "the fd number was never reused: the scenario proved nothing", rounds)
+    return {"rounds": rounds}
+
+
 SCENARIOS = {name: fn for name, fn in globals().items()
              if callable(fn) and not name.startswith("_") and fn.__module__ == __name__
-             and name.split("_")[0] in ("load", "cancel", "kill", "timeout")}
+             and name.split("_")[0] in ("load", "cancel", "kill", "timeout", "reuse")}
 
 if __name__ == "__main__":
     C.scenario_main(SCENARIOS, SCENARIO)
