@@ -10,9 +10,10 @@ the pool and the switches it causes. Contenders:
 * ``fastpool-c`` / ``fastpool-python``: ``fastpool.Pool`` on that core (first come, first served);
 * ``hubqueue``: the hub's ``Queue`` of connections (the greenlet benchmark's reference; it
   barges: a greenlet that returns a connection takes one back at once and never parks);
-* ``fairq``: the least a fair pool can do in Python -- a free list and a FIFO of hub
-  ``Waiter``\\s, a return handing the connection to the oldest waiter (no timeout, no checks,
-  no reset: the floor for first come, first served);
+* ``fairq``: the least a fair pool can do in Python -- a free list and a FIFO of parked
+  greenlets, a return handing the connection to the oldest waiter (no timeout, no checks,
+  no reset: the floor for first come, first served); ``fastpool_bench.refpools.FairQueue``,
+  the same reference the full greenlet scenario runs;
 * ``nopool``: 10 greenlets, each owning its connection, doing the same number of cycles.
 
 Wall-clock figures on a shared box are noise (the bench prints CPU µs per cycle anyway); count
@@ -42,7 +43,6 @@ if a.hub == "gevent":
     monkey.patch_all()
     import gevent
     import gevent.queue
-    from gevent.hub import Waiter, get_hub
 
     spawn, joinall, Queue = gevent.spawn, gevent.joinall, gevent.queue.Queue
 
@@ -66,7 +66,6 @@ else:
         for g in gs:
             g.wait()
 
-import collections  # noqa: E402
 import time  # noqa: E402
 
 import psycopg2  # noqa: E402
@@ -89,26 +88,10 @@ elif name == "hubqueue":
         q.put(psycopg2.connect(a.dsn))
     get, put = q.get, q.put
 elif name == "fairq":
-    if a.hub != "gevent":
-        sys.exit("fairq is written for gevent")
-    free = collections.deque(psycopg2.connect(a.dsn) for _ in range(SIZE))
-    waiters: collections.deque = collections.deque()
-    hub = get_hub()
-    run_callback = hub.loop.run_callback
+    from fastpool_bench.refpools import FairQueue  # this directory is sys.path[0] for a script
 
-    def get():
-        if free and not waiters:
-            return free.pop()
-        w = Waiter(hub)
-        waiters.append(w)
-        return w.get()
-
-    def put(conn):
-        if waiters:
-            run_callback(waiters.popleft().switch, conn)
-        else:
-            free.append(conn)
-
+    fq = FairQueue(a.hub, [psycopg2.connect(a.dsn) for _ in range(SIZE)])
+    get, put = fq.get, fq.put
 
 def work(n, get, put):
     for _ in range(n):

@@ -40,7 +40,7 @@ def _bars(scen: dict, metric: str) -> List[Tuple[str, str, float, str]]:
             colour = HIGHLIGHT_PY
         elif name.startswith("fastpool"):
             colour = HIGHLIGHT
-        elif name.startswith("_") or name in ("nopool", "hubqueue", "toy"):
+        elif name.startswith("_") or name in ("nopool", "hubqueue", "fairq", "toy"):
             colour = BASELINE  # baselines and references, not products
         else:
             colour = OTHER

@@ -27,7 +27,12 @@ Contenders (same run, same hub):
   no wait callback; it cooperates when ``select`` is patched);
 * ``hubqueue``: a reference floor, not a product -- the hub's own ``Queue`` holding ``size``
   psycopg2 connections + psycogreen: sharing connections between greenlets with no pool logic
-  at all (no health check, no reset, no timeout);
+  at all (no health check, no reset, no timeout).  It barges: a greenlet that returns a
+  connection takes one straight back while others wait, so ~``size`` greenlets stay hot;
+* ``fairq``: the fair reference, not a product -- ``refpools.FairQueue``: a free list and a FIFO
+  of parked greenlets on the hub's own primitives, a return handing the connection to the
+  oldest waiter, + psycogreen.  The least first come, first served can cost: fastpool vs
+  ``fairq`` is fastpool's own code, ``fairq`` vs ``hubqueue`` is the price of fairness;
 * ``nopool``: the limit -- ``size`` greenlets each owning one psycopg2 connection, running the
   same total number of queries (``greenlets * cycles``, split evenly).  psycogreen's wait
   callback, or fastpool's own when psycogreen is not installed.
@@ -35,7 +40,7 @@ Contenders (same run, same hub):
 Each contender's queries/s is reported as a share of the no-pool limit (median over ``repeat``
 rounds, contenders interleaved round by round).  Targets for fastpool: >= 95 % of the no-pool
 limit and >= 1.0x the hub-Queue reference (when it runs), peak server connections == size, 0
-errors.
+errors; fastpool vs the fair reference is reported beside it (not a target: a yardstick).
 
 The detailed command line (``benchmarks/bench_green.py`` has the same options)::
 
@@ -59,7 +64,7 @@ from typing import Any, Callable, Dict, List, Optional
 from . import REF
 
 CONTENDERS = ["fastpool-c", "fastpool-python", "dbutils", "sqlalchemy", "psycopg_pool", "hubqueue",
-              "nopool"]
+              "fairq", "nopool"]
 #: also runnable with --only: fastpool's C core with the hub's usual psycopg2 callback instead of
 #: fastpool's own (eventlet: the one eventlet.monkey_patch() registers; gevent: psycogreen's)
 EXTRA_CONTENDERS = ["fastpool-c+hubcb"]
@@ -71,13 +76,16 @@ LABELS = {
     "sqlalchemy": "SQLAlchemy QueuePool + psycogreen",
     "psycopg_pool": "psycopg_pool (psycopg 3)",
     "hubqueue": "ref: hub Queue of conns + psycogreen",
+    "fairq": "ref: fair FIFO hand-off + psycogreen",
     "nopool": "no pool: size conns, 1 per greenlet",
 }
-# --quick leaves out the python core and the hub-queue reference: one subprocess each is most of
-# this scenario's time.
+# --quick leaves out the python core and the two references: one subprocess each is most of this
+# scenario's time.
 QUICK_CONTENDERS = ["fastpool-c", "dbutils", "sqlalchemy", "psycopg_pool", "nopool"]
 FASTPOOL = ("fastpool-c", "fastpool-python", "fastpool-c+hubcb")
-NEEDS_PSYCOGREEN = ("dbutils", "sqlalchemy", "hubqueue")
+NEEDS_PSYCOGREEN = ("dbutils", "sqlalchemy", "hubqueue", "fairq")
+#: the reference pools: yardsticks for fastpool, not products
+REFERENCES = ("hubqueue", "fairq")
 TARGET_SHARE = 0.95  # issue 14, goal 1
 TARGET_VS_HUBQUEUE = 1.0  # ... and at least the unfair hub-Queue reference, same run
 RESULT_TAG = "RESULT "
@@ -297,6 +305,14 @@ def child_main(args: Any) -> int:
             q.put(c)
         info["version"] = hub.version
         adapter = peers.Adapter("hubqueue", "psycopg2", q, q.get, q.put)
+    elif name == "fairq":
+        from .refpools import FairQueue
+
+        info["wait_callback_from"] = hub.patch_psycopg2()
+        conns = [psycopg2.connect(app_dsn) for _ in range(size)]
+        fq = FairQueue(args.hub, conns)
+        info["version"] = hub.version
+        adapter = peers.Adapter("fairq", "psycopg2", fq, fq.get, fq.put)
     elif name == "fastpool-c+hubcb":
         spec = peers.get_spec("fastpool-c")
         info["version"] = spec.version
@@ -546,7 +562,26 @@ def scenario_green(dsn: str, cfg: dict, notes: Dict[str, str], progress: Any = N
                                     if (best_limit and s.get("qps_all")) else None)
     out = with_ratios(results, "qps_median", "higher",
                       "reference queries/s / peer queries/s (> 1: the reference does more)")
-    out.update({"hub": hub, "limit_qps": limit, "config": dict(cfg), "runs": runs})
+    out.update({"hub": hub, "limit_qps": limit, "config": dict(cfg), "runs": runs,
+                "vs_references": vs_references(results)})
+    return out
+
+
+def vs_references(results: Dict[str, dict]) -> Dict[str, Dict[str, float]]:
+    """{fastpool contender: {reference: its queries/s / the reference's}}, same run, medians.
+
+    Against ``hubqueue`` it is issue 14's target; against ``fairq`` it is what fastpool's own code
+    costs over the least a fair pool can do (the yardstick that leaves fairness itself out).
+    """
+    out: Dict[str, Dict[str, float]] = {}
+    for n in FASTPOOL:
+        mine = (results.get(n) or {}).get("qps_median")
+        if not mine:
+            continue
+        refs = {r: mine / results[r]["qps_median"] for r in REFERENCES
+                if (results.get(r) or {}).get("qps_median")}
+        if refs:
+            out[n] = refs
     return out
 
 

@@ -202,6 +202,10 @@ def report_green(out: Out, scen: dict, detailed: bool = False) -> None:
     out.line(f"median of {cfg['repeat']} round(s), each contender in its own monkey-patched process. "
              "no-pool = size greenlets with one connection each (the limit); peak conns = most "
              "server connections seen in pg_stat_activity.")
+    for name, refs in (scen.get("vs_references") or {}).items():
+        out.line(f"{label(name)} vs the references (queries/s, same run): "
+                 + ", ".join(f"{v:.2f}× {r}" for r, v in refs.items())
+                 + " (hubqueue barges; fairq is the least first come, first served costs)")
 
 
 def print_targets(out: Out, ts: List[dict]) -> None:
