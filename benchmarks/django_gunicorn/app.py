@@ -117,6 +117,21 @@ from django.http import HttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 
 _info = None
+_served = None  # this process's request counter, shared with run.py (BENCH_COUNT_DIR)
+
+
+def _counter():
+    """An 8-byte counter in BENCH_COUNT_DIR/<pid>, mapped into memory: run.py reads how many
+    requests the profiled worker served (workers do not share the load evenly: a keep-alive
+    client stays with the worker that accepted it). None when BENCH_COUNT_DIR is unset."""
+    import mmap
+
+    path = os.path.join(os.environ["BENCH_COUNT_DIR"], str(os.getpid()))
+    with open(path, "wb+") as f:
+        f.write(bytes(8))
+        f.flush()
+        m = mmap.mmap(f.fileno(), 8)
+    return memoryview(m).cast("Q")
 
 
 def _describe() -> str:
@@ -137,7 +152,12 @@ def _describe() -> str:
 
 
 def view(request):
-    global _info
+    global _info, _served
+    if _served is not None:
+        _served[0] += 1
+    elif os.environ.get("BENCH_COUNT_DIR"):
+        _served = _counter()
+        _served[0] += 1
     with connection.cursor() as cur:
         cur.execute("SELECT pg_sleep(0.002)")
         cur.execute("SELECT 1")
@@ -158,6 +178,11 @@ def stats(request):
 
 
 urlpatterns = [path("", view), path("stats", stats)]
+
+if os.environ.get("BENCH_CPUPROF_DIR"):  # run.py --profile: CPU-time sampling, SIGUSR2 toggles
+    import cpuprof  # noqa: E402
+
+    cpuprof.install()
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 

@@ -52,7 +52,15 @@ Usage::
     python benchmarks/django_gunicorn/run.py --quick           # -d3s, about 2 minutes
     python benchmarks/django_gunicorn/run.py --only django_fastpool,django-pool --hubs gevent
     python benchmarks/django_gunicorn/run.py --json out.json --md out.md --chart seed.png
-    python benchmarks/django_gunicorn/run.py --profile django_fastpool   # + py-spy on a worker
+    python benchmarks/django_gunicorn/run.py --profile-only \
+        --profile django_fastpool@gevent/keepalive,pgbouncer-60@gevent/close   # where the CPU goes
+
+Profiles (``--profile NAME[@hub][/client],...``, one extra run each): by default every worker
+samples its own CPU time (cpuprof.py, SIGPROF; right on a loaded machine, where py-spy's
+"active" samples are mostly run-queue waits), ``--profiler pyspy`` runs py-spy on one worker
+instead. profile_split.py sorts the samples into HTTP server, Django, Django's DB layer, driver,
+wait callback, pool, hub; the table gives each as worker CPU µs per request, with PostgreSQL's,
+PgBouncer's and wrk's CPU per request measured from /proc over the same run.
 """
 
 from __future__ import annotations
@@ -225,6 +233,9 @@ class PgBouncer:
                     raise RuntimeError(f"pgbouncer did not listen: {(self.root / 'pgbouncer.log').read_text()[-500:]}")
                 time.sleep(0.05)
 
+    def pid(self) -> int:
+        return int((self.root / "pgbouncer.pid").read_text())
+
     def stop(self) -> None:
         try:
             pid = int((self.root / "pgbouncer.pid").read_text())
@@ -277,6 +288,18 @@ class Sampler(threading.Thread):
         self.marks: Dict[str, int] = {}
         self._halt = threading.Event()
         self.errors = 0
+
+    def postmaster_pid(self) -> Optional[int]:
+        """The server's postmaster, if it runs on this machine (its backends are its children,
+        so their CPU can be read from /proc), else None."""
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = cur.fetchone()[0]
+        try:
+            stat = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+            return int(stat[1])
+        except (OSError, IndexError, ValueError):
+            return None
 
     def count(self) -> int:
         with self.conn.cursor() as cur:
@@ -367,7 +390,8 @@ def run_wrk(url: str, threads: int, conns: int, duration: str, timeout_s: int = 
 
 # ---------------------------------------------------------------------------- one contender
 def start_server(c: Contender, hub: str, port: int, workers: int, max_size: int, db: Dict[str, str],
-                 appname: str, logpath: Path) -> subprocess.Popen:
+                 appname: str, logpath: Path, count_dir: Optional[Path] = None,
+                 sigprof_dir: Optional[Path] = None) -> subprocess.Popen:
     env = dict(os.environ)
     env.update({
         "BENCH_BACKEND": c.backend, "BENCH_CONN_MAX_AGE": str(c.conn_max_age),
@@ -376,9 +400,11 @@ def start_server(c: Contender, hub: str, port: int, workers: int, max_size: int,
         "BENCH_DB_HOST": db.get("host", "127.0.0.1"), "BENCH_DB_PORT": db.get("port", "5432"),
         "BENCH_DB_NAME": db["dbname"], "BENCH_DB_USER": db.get("user", "postgres"),
         "BENCH_DB_PASSWORD": db.get("password", ""), "BENCH_APPNAME": appname,
-        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1", "BENCH_COUNT_DIR": str(count_dir or ""),
     })
     env.update(c.env)
+    if sigprof_dir is not None:
+        env["BENCH_CPUPROF_DIR"] = str(sigprof_dir)
     if hub == "eventlet" and c.backend == "native":
         env["PSYCOPG_WAIT_FUNC"] = "wait_select"
     if hub == "gevent":
@@ -454,6 +480,9 @@ def error_kinds(logpath: Path) -> Dict[str, int]:
 
 def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir: Path,
             profile: bool = False, client: str = "keepalive") -> Dict[str, Any]:
+    """One contender, one hub, one client mode. With ``profile``, py-spy samples one worker
+    during the measurement, and that worker's own CPU is kept (``profile_worker_cpu_s``) so the
+    samples' shares can be turned into CPU per request."""
     db = parse_dsn(dsn)
     port = free_port()
     appname = f"djbench-{c.name}-{hub}-{os.getpid()}"
@@ -462,8 +491,14 @@ def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir:
     if bouncer is not None:
         db = {**db, "host": "127.0.0.1", "port": str(bouncer.port)}
     sampler = Sampler(dsn, parse_dsn(dsn)["dbname"], appname, args.interval, by_role=bouncer is not None)
+    pg_pid = sampler.postmaster_pid()
     sampler.start()
-    p = start_server(c, hub, port, args.workers, args.max_size, db, appname, logpath)
+    count_dir = workdir / f"served-{hub}-{client}-{c.name}"  # each worker's request counter (app.py)
+    count_dir.mkdir(exist_ok=True)
+    sigprof_dir = workdir / f"cpuprof-{hub}-{client}-{c.name}" if profile and args.profiler == "sigprof" else None
+    if sigprof_dir is not None:
+        sigprof_dir.mkdir(exist_ok=True)
+    p = start_server(c, hub, port, args.workers, args.max_size, db, appname, logpath, count_dir, sigprof_dir)
     url = f"http://127.0.0.1:{port}/"
     res: Dict[str, Any] = {"name": c.name, "hub": hub, "client": client, "label": c.label, "bounded": c.bounded,
                            "cap": args.workers * args.max_size if c.bounded else None}
@@ -471,20 +506,66 @@ def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir:
         res["info"] = wait_ready(url, p)
         if c.backend == "native" and "fastpool=0" not in res["info"]:
             raise RuntimeError(f"Django native pool contender imported fastpool: {res['info']}")
+        if client == "keepalive":
+            # A keep-alive client stays with the worker that accepted it: a worker that took
+            # none of the warm-up's connections would import its backend and fill its pool
+            # inside the measurement. New connections per request reach every worker first.
+            run_wrk(url, args.threads, args.connections, "1s", args.wrk_timeout, client="close")
         run_wrk(url, args.threads, args.connections, args.warmup, args.wrk_timeout, client=client)  # warm-up (connections, code paths)
         sampler.mark("measure")
         prof = None
-        if profile:
+        if profile and args.profiler == "sigprof":
+            # every worker samples its own CPU time (cpuprof.py); SIGUSR2 starts and stops it
             pids = worker_pids(p.pid)
-            prof_out = workdir / f"pyspy-{hub}-{c.name}.txt"
-            prof = subprocess.Popen(
-                [str(VENV_BIN / "py-spy"), "record", "-p", str(pids[0]), "-d", str(int(args.seconds) - 1),
-                 "-r", "200", "--format", "raw", "-o", str(prof_out), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for pid in pids:
+                os.kill(pid, signal.SIGUSR2)
+            res["workers"] = len(pids)
+            prof_cpu0 = {pid: _proc_cpu(pid) for pid in pids}
+            prof_served0 = {pid: _served(count_dir, pid) for pid in pids}
+            prof_sched0 = {pid: _schedstat(pid) for pid in pids}
+        elif profile:
+            pids = worker_pids(p.pid)
+            prof_pid = pids[0]
+            prof_out = workdir / f"pyspy-{hub}-{client}-{c.name}{'-native' if args.native else ''}.txt"
+            cmd = [pyspy_path(), "record", "-p", str(prof_pid), "-d", str(int(args.seconds) - 1),
+                   "-r", str(args.profile_rate), "--format", "raw", "-o", str(prof_out)]
+            # --native needs the process stopped while its stack is read; without it the
+            # worker is never paused (less distortion, but C frames show as their caller)
+            cmd.append("--native" if args.native else "--nonblocking")
+            prof_log = open(workdir / f"pyspy-{hub}-{client}-{c.name}.log", "w")
+            prof = subprocess.Popen(cmd, stdout=prof_log, stderr=subprocess.STDOUT)
             res["profile_file"] = str(prof_out)
+            prof_cpu0 = _proc_cpu(prof_pid)
+            prof_served0 = _served(count_dir, prof_pid)
+            prof_sched0 = _schedstat(prof_pid)
         cpu0 = _cpu_times(p.pid)
+        pg0 = _pg_cpu(pg_pid)
+        pgb0 = _proc_cpu(bouncer.pid()) if bouncer is not None else 0.0
+        wrk0 = _children_cpu()
         out = run_wrk(url, args.threads, args.connections, f"{args.seconds:g}s", args.wrk_timeout, client=client)
+        res["wrk_cpu_s"] = _children_cpu() - wrk0  # the load generator's own CPU (the same 2 cores)
         res["server_cpu_s"] = _cpu_times(p.pid) - cpu0
+        res["pg_cpu_s"] = _pg_cpu(pg_pid) - pg0 if pg_pid else float("nan")
+        if bouncer is not None:
+            res["pgbouncer_cpu_s"] = _proc_cpu(bouncer.pid()) - pgb0
+        if profile and args.profiler == "sigprof":
+            for pid in pids:
+                os.kill(pid, signal.SIGUSR2)
+            res["profile_worker_cpu_s"] = sum(_proc_cpu(pid) - prof_cpu0[pid] for pid in pids)
+            res["profile_worker_requests"] = sum(_served(count_dir, pid) - prof_served0[pid] for pid in pids)
+            s1 = {pid: _schedstat(pid) for pid in pids}
+            res["profile_worker_run_s"] = sum(s1[pid][0] - prof_sched0[pid][0] for pid in pids) / 1e9
+            res["profile_worker_runq_s"] = sum(s1[pid][1] - prof_sched0[pid][1] for pid in pids) / 1e9
+            res["profile_file"] = str(_merge_cpuprof(sigprof_dir, pids))
+        if prof is not None:
+            res["profile_worker_cpu_s"] = _proc_cpu(prof_pid) - prof_cpu0
+            res["profile_worker_requests"] = _served(count_dir, prof_pid) - prof_served0
+            # on-CPU vs runnable-but-waiting time: py-spy counts both as "active", so on a
+            # loaded box its shares lean towards the code that wakes another process (a send)
+            s1 = _schedstat(prof_pid)
+            res["profile_worker_run_s"] = (s1[0] - prof_sched0[0]) / 1e9
+            res["profile_worker_runq_s"] = (s1[1] - prof_sched0[1]) / 1e9
+            res["workers"] = len(pids)
         res["load1"] = os.getloadavg()[0]  # the machine's 1-minute load average at the end of the run
         if c.backend == "fastpool":
             res["pool_stats"] = fetch_stats(url + "stats")
@@ -494,6 +575,12 @@ def run_one(c: Contender, hub: str, args: argparse.Namespace, dsn: str, workdir:
         # CPU the site's processes spent per completed request: less sensitive than req/s to
         # what else the shared machine runs (each contender's own cost, not its share of cores)
         res["cpu_ms_per_req"] = 1000 * res["server_cpu_s"] / res["requests"] if res["requests"] else float("nan")
+        # PostgreSQL's (all of this server's processes) and PgBouncer's CPU per request
+        res["pg_ms_per_req"] = 1000 * res["pg_cpu_s"] / res["requests"] if res["requests"] else float("nan")
+        res["wrk_ms_per_req"] = 1000 * res["wrk_cpu_s"] / res["requests"] if res["requests"] else float("nan")
+        if "pgbouncer_cpu_s" in res:
+            res["pgbouncer_ms_per_req"] = (1000 * res["pgbouncer_cpu_s"] / res["requests"]
+                                           if res["requests"] else float("nan"))
         # 2xx responses per second: a peer that answers 500 fast must not look fast
         res["ok_rps"] = res["rps"] * (res["requests"] - res["non2xx"]) / res["requests"] if res["requests"] else 0.0
         res["wrk"] = out
@@ -544,6 +631,80 @@ def wait_quiet(max_busy: float, max_wait: float) -> float:
     while busy > max_busy and time.monotonic() < deadline:
         busy = _busy_fraction()
     return busy
+
+
+def _merge_cpuprof(d: Path, pids: List[int], timeout: float = 10.0) -> Path:
+    """Wait for every worker's cpuprof.py file and add their stacks up into one raw file."""
+    deadline = time.monotonic() + timeout
+    files = [d / f"{pid}.txt" for pid in pids]
+    while not all(f.exists() for f in files) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    total: Dict[str, int] = {}
+    for f in files:
+        if not f.exists():
+            raise RuntimeError(f"no CPU profile from worker {f.stem}")
+        for line in f.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            total[stack] = total.get(stack, 0) + int(n)
+    out = d / "all-workers.txt"
+    out.write_text("".join(f"{k} {v}\n" for k, v in total.items()))
+    return out
+
+
+def _schedstat(pid: int) -> List[int]:
+    """/proc/PID/schedstat: ns on a CPU, ns runnable in the run queue (0, 0 if unavailable)."""
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/schedstat").read_text().split()[:2]]
+    except (OSError, ValueError):
+        return [0, 0]
+
+
+def _served(count_dir: Path, pid: int) -> int:
+    """Requests worker `pid` has served so far (app.py's counter file), 0 before its first."""
+    import struct
+
+    try:
+        return struct.unpack("Q", (count_dir / str(pid)).read_bytes()[:8])[0]
+    except (OSError, struct.error):
+        return 0
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (wrk, once run_wrk returned)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _proc_cpu(pid: Optional[int], children_too: bool = False) -> float:
+    """user+system CPU seconds of one process (plus its reaped children's with children_too)."""
+    if not pid:
+        return 0.0
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    n = int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if children_too else 0)
+    return n / os.sysconf("SC_CLK_TCK")
+
+
+def _pg_cpu(postmaster: Optional[int]) -> float:
+    """CPU seconds of a local PostgreSQL so far: the postmaster with every backend it reaped,
+    plus its live children (backends, checkpointer, ...). A backend that exits between two
+    readings moves from the second term to the first, so differences stay right."""
+    if not postmaster:
+        return float("nan")
+    return _proc_cpu(postmaster, children_too=True) + sum(_proc_cpu(c) for c in worker_pids(postmaster))
+
+
+def pyspy_path() -> str:
+    """py-spy from this venv, else PATH."""
+    exe = VENV_BIN / "py-spy"
+    found = str(exe) if exe.exists() else shutil.which("py-spy")
+    if not found:
+        raise RuntimeError("py-spy not found: pip install py-spy")
+    return found
 
 
 def _cpu_times(master: int) -> float:
@@ -703,7 +864,15 @@ def main() -> int:
     ap.add_argument("--md", default=None, help="write the tables as Markdown here")
     ap.add_argument("--chart", default=None, help="write the PNG chart here")
     ap.add_argument("--profile", default=None,
-                    help="NAME[@hub]: one extra run of that contender with py-spy on one worker")
+                    help="NAME[@hub][/client],...: one extra run of each with py-spy on one worker; "
+                         "its samples split by profile_split.py into CPU per request")
+    ap.add_argument("--profile-only", action="store_true", help="only the --profile runs, no tables")
+    ap.add_argument("--profiler", choices=("sigprof", "pyspy"), default="sigprof",
+                    help="sigprof (default): every worker samples its own CPU time (cpuprof.py), "
+                         "right on a loaded box; pyspy: py-spy on one worker (samples runnable time, "
+                         "so on a loaded box its shares follow the run-queue waits)")
+    ap.add_argument("--native", action="store_true", help="py-spy --native (pauses the worker per sample)")
+    ap.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     ap.add_argument("--keep-logs", action="store_true")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="before each contender, wait up to this long for the machine's other load "
@@ -763,7 +932,7 @@ def main() -> int:
         for key, cs in plan.items():
             hub, client = key.split("/")
             rounds: Dict[str, List[Dict[str, Any]]] = {c.name: [] for c in cs}
-            for rnd in range(args.repeat):
+            for rnd in range(0 if args.profile_only else args.repeat):
                 order = cs[rnd % len(cs):] + cs[:rnd % len(cs)] if cs else cs
                 for c in order:
                     busy = wait_quiet(args.max_busy, args.wait_quiet)
@@ -773,26 +942,23 @@ def main() -> int:
                     print(f"{key:18} {c.name:16} {r['ok_rps']:8.0f} req/s  p50 {r['p50_ms']:7.1f} ms  "
                           f"p99 {r['p99_ms']:7.1f} ms  peak {r['peak']:3d}  errors {r['errors']}"
                           + (f" ({r.get('non2xx', 0)} non-2xx; {r['socket_detail']})" if r["errors"] else "")
-                          + f"  server CPU {r.get('server_cpu_s', 0) / args.seconds:.2f} cores, "
-                          f"{r.get('cpu_ms_per_req', float('nan')):.2f} ms/req; machine busy before {100 * busy:.0f}%; "
+                          + f"  site CPU {r.get('server_cpu_s', 0) / args.seconds:.2f} cores, "
+                          f"{r.get('cpu_ms_per_req', float('nan')):.2f} ms/req; PostgreSQL {r.get('pg_ms_per_req', float('nan')):.2f} ms/req"
+                          + (f"; PgBouncer {r['pgbouncer_ms_per_req']:.2f} ms/req" if "pgbouncer_ms_per_req" in r else "")
+                          + f"; machine busy before {100 * busy:.0f}%; "
                           f"load {r.get('load1', float('nan')):.1f}"
                           + (f"; checkouts that waited {waited_share(r['pool_stats']):.0%}" if r.get("pool_stats") else "")
                           + (f"  FAILED {r['failed']}" if r.get("failed") else "")
                           + (f"  [{'; '.join(f'{v}× {k}' for k, v in list(r['error_kinds'].items())[:2])}]"
                              if r["error_kinds"] else ""), flush=True)
                     time.sleep(1.0)
-            by_hub[key] = [combine(rounds[c.name]) for c in cs]
-        profile = None
-        if args.profile:
-            pname, _, hub0 = args.profile.partition("@")
-            hub0 = hub0 or hubs[0]
-            r = run_one(all_c[pname], hub0, args, dsn, workdir, profile=True, client=clients[0])
-            profile = {"contender": args.profile, "hub": hub0, "rps": r["rps"], "file": r.get("profile_file"),
-                       "top": summarize_profile(Path(r["profile_file"])) if r.get("profile_file") else None}
-            print(f"# profile {args.profile} ({hub0}): {r['rps']:.0f} req/s under py-spy; raw stacks "
-                  f"{r.get('profile_file')}")
-            if profile["top"]:
-                print(profile["top"])
+            if not args.profile_only:
+                by_hub[key] = [combine(rounds[c.name]) for c in cs]
+        profiles = [profile_one(spec, all_c, hubs, clients, args, dsn, workdir)
+                    for spec in (args.profile.split(",") if args.profile else [])]
+        if profiles:
+            print()
+            print(fmt_profiles(profiles))
     finally:
         if server:
             server.stop()
@@ -828,7 +994,7 @@ def main() -> int:
     print(text)
     if args.md:
         Path(args.md).write_text(text + "\n")
-    if args.chart:
+    if args.chart and by_hub:
         chart(by_hub, Path(args.chart), cap,
               f"Django seed scenario: {args.workers} workers, wrk -c{args.connections} -d{args.seconds:g}s, "
               f"SELECT pg_sleep(0.002) + SELECT 1 per request (red = django_fastpool, blue = bounded peers)")
@@ -838,12 +1004,80 @@ def main() -> int:
             {"by_hub": by_hub, "verdicts": verdicts, "load_before": load0, "load_after": load1,
              "server": "private" if server else dsn, "max_connections": max_conn,
              "server_version": server_version, "args": vars(args),
-             "profile": locals().get("profile")}, indent=1, default=str))
+             "profiles": locals().get("profiles")}, indent=1, default=str))
     if not args.keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
         print(f"logs: {workdir}")
     return 0
+
+
+def profile_one(spec: str, all_c: Dict[str, Contender], hubs: List[str], clients: List[str],
+                args: argparse.Namespace, dsn: str, workdir: Path) -> Dict[str, Any]:
+    """``NAME[@hub][/client]``: one run with py-spy on one worker; the samples' split
+    (profile_split.py) times that worker's CPU per request."""
+    from profile_split import BUCKETS, split
+
+    rest, _, client = spec.partition("/")
+    name, _, hub = rest.partition("@")
+    hub, client = hub or hubs[0], client or clients[0]
+    r = run_one(all_c[name], hub, args, dsn, workdir, profile=True, client=client)
+    out: Dict[str, Any] = {"spec": f"{name}@{hub}/{client}", "rps": r.get("ok_rps", 0.0),
+                           "requests": r.get("requests", 0), "file": r.get("profile_file"),
+                           "failed": r.get("failed"), "load1": r.get("load1")}
+    for k in ("cpu_ms_per_req", "pg_ms_per_req", "pgbouncer_ms_per_req", "wrk_ms_per_req", "errors", "peak"):
+        out[k] = r.get(k)
+    f = Path(r["profile_file"]) if r.get("profile_file") else None
+    if f is None or not f.exists() or not r.get("requests"):
+        print(f"# profile {out['spec']}: no profile ({r.get('failed')})", flush=True)
+        return out
+    total, counts = split(f)
+    # The profiled worker's CPU per request: its own CPU over its share of the requests
+    # (the workers share the listening socket; their share is taken as equal).
+    # wrk's count covers a little more than the worker's (its last second, its own start-up)
+    per_worker_req = r.get("profile_worker_requests") or r["requests"] / max(1, r.get("workers", args.workers))
+    out["worker_share"] = per_worker_req / r["requests"]
+    if args.profiler == "sigprof" and r.get("profile_worker_requests"):
+        # every worker profiled: the requests they served (wrk leaves out the ~200 in flight at
+        # its end) are the denominator for the other processes' CPU too
+        served = r["profile_worker_requests"]
+        for k in ("cpu_ms_per_req", "pg_ms_per_req", "pgbouncer_ms_per_req", "wrk_ms_per_req"):
+            if out.get(k) is not None:
+                out[k] = out[k] * r["requests"] / served
+    run_s, runq_s = r.get("profile_worker_run_s", 0.0), r.get("profile_worker_runq_s", 0.0)
+    out["runq_share"] = runq_s / (run_s + runq_s) if run_s + runq_s else float("nan")
+    us = 1e6 * r.get("profile_worker_cpu_s", 0.0) / per_worker_req
+    out.update(samples=total, worker_us_per_req=us,
+               split={b: counts[b] / total if total else 0.0 for b in BUCKETS},
+               top=summarize_profile(f))
+    print(f"# profile {out['spec']}: {out['rps']:.0f} 2xx/s under py-spy, {total} samples, "
+          f"profiled worker {us:.0f} µs CPU/req, served {100 * out['worker_share']:.0f}% of requests, "
+          f"runnable-not-running {100 * out['runq_share']:.0f}% of its active time; "
+          f"raw stacks {f}", flush=True)
+    return out
+
+
+def fmt_profiles(profiles: List[Dict[str, Any]]) -> str:
+    """µs of worker CPU per request in each bucket, plus PostgreSQL's and PgBouncer's."""
+    from profile_split import BUCKETS
+
+    head = ["profile", "2xx/s", "worker µs/req"] + [f"{b} µs" for b in BUCKETS] + [
+        "pool share", "worker's share of requests", "run-queue wait share", "all workers µs/req", "PostgreSQL µs/req", "PgBouncer µs/req", "wrk µs/req", "load"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for p in profiles:
+        if "split" not in p:
+            lines.append(f"| {p['spec']} | failed: {p.get('failed')} |")
+            continue
+        us = p["worker_us_per_req"]
+        cells = [p["spec"], f"{p['rps']:.0f}", f"{us:.0f}"] + [f"{us * p['split'][b]:.0f}" for b in BUCKETS]
+        cells += [f"{100 * p['split']['pool']:.1f} %", f"{100 * p['worker_share']:.0f} %",
+                  f"{100 * p['runq_share']:.0f} %", f"{1000 * (p.get('cpu_ms_per_req') or float('nan')):.0f}",
+                  f"{1000 * (p.get('pg_ms_per_req') or float('nan')):.0f}",
+                  f"{1000 * p['pgbouncer_ms_per_req']:.0f}" if p.get("pgbouncer_ms_per_req") else "–",
+                  f"{1000 * (p.get('wrk_ms_per_req') or float('nan')):.0f}",
+                  f"{p.get('load1') or float('nan'):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summarize_profile(path: Path, top: int = 25) -> str:
