@@ -1050,8 +1050,9 @@ def profile_one(spec: str, all_c: Dict[str, Contender], hubs: List[str], clients
     out.update(samples=total, worker_us_per_req=us,
                split={b: counts[b] / total if total else 0.0 for b in BUCKETS},
                top=summarize_profile(f))
-    print(f"# profile {out['spec']}: {out['rps']:.0f} 2xx/s under py-spy, {total} samples, "
-          f"profiled worker {us:.0f} µs CPU/req, served {100 * out['worker_share']:.0f}% of requests, "
+    who = "every worker" if args.profiler == "sigprof" else "the profiled worker"
+    print(f"# profile {out['spec']}: {out['rps']:.0f} 2xx/s while profiled ({args.profiler}), {total} samples, "
+          f"{who} {us:.0f} µs CPU/req, served {100 * out['worker_share']:.0f}% of wrk's requests, "
           f"runnable-not-running {100 * out['runq_share']:.0f}% of its active time; "
           f"raw stacks {f}", flush=True)
     return out
