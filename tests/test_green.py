@@ -320,6 +320,26 @@ def test_eventlet_cancellation(scenario: Any, name: str) -> None:
     assert st["requests_waiting"] == 0 and st["pool_available"] == st["pool_size"], st
 
 
+_PARK_SCENARIOS = [
+    "park_close_while_parked",  # close() wakes every parked greenlet with PoolClosed
+    "park_stepped_timeouts",    # infinite/huge timeouts in steps; a kill between steps
+    "park_handoff_checked",     # a failed check of a handed connection: discard, wait again
+    "park_max_waiting",         # the waiter past max_waiting refused; the others FIFO
+]
+
+
+@pytest.mark.parametrize("hub", ["gevent", "eventlet"])
+@pytest.mark.parametrize("name", _PARK_SCENARIOS)
+def test_hub_wait_path_keeps_every_promise(scenario: Any, hub: str, name: str) -> None:
+    """The greenlet wait path (Pool._wait_in_hub and the core's Park), on both hubs and cores:
+    each promise of a wait, one scenario each (kills at the park and races: the cancellation
+    scenarios above)."""
+    res = scenario(f"{hub}_scenarios.py", name)
+    if "verify" in res:
+        st = res["verify"]["stats"]
+        assert st["requests_waiting"] == 0 and st["pool_available"] == st["pool_size"], st
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["sigint_waiting", "sigint_while_growing"])
 def test_keyboard_interrupt_while_waiting(scenario: Any, name: str) -> None:

@@ -1,13 +1,17 @@
 """fastpool.green._Deadlines: one hub timer for every pool wait of a hub (mechanism, no hub).
 
 The hub is replaced by a recorder of the delays the timer is armed for; waits are stand-ins
-with a _Park's ``parked`` flag and ``resume``. The real-hub behaviour is covered by
+with a ``fastpool._core.Park``'s ``parked`` flag and ``resume``. The real-hub behaviour is covered by
 tests/test_green.py (``timeout_many_waiters_one_timer``).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any, List
+
+import pytest
 
 from fastpool import green
 
@@ -19,7 +23,7 @@ class _Park:
         self._name = name
 
     def resume(self, value: Any) -> None:
-        assert value is green._TIMED_OUT
+        assert value is False  # an expiry (the core's wake resumes with True)
         assert self.parked, "a finished wait must never be resumed"
         self.parked = False
         self._expired.append(self._name)
@@ -98,3 +102,107 @@ def test_finished_entries_behind_a_live_head_stay_bounded() -> None:
         d.add(100.0 + i, p)
         p.parked = False  # served at once
     assert len(d._parks) == len(d._at) <= 2 * green._COMPACT_MIN
+
+
+# -- the core's Park (the wait itself), on a scripted hub ------------------------------------------
+class _ScriptedHub:
+    """A hub whose switch() returns the scripted values in turn (False: a deadline expired,
+    True: woken); records the deadlines the park queues and the timers it arms."""
+
+    owner = -1  # never this thread: a wake goes through call_soon_threadsafe
+
+    def __init__(self, script: List[Any], queue_accepts: bool = True, parked_for: float = 0.0) -> None:
+        self.script = script
+        self.parked_for = parked_for  # seconds each switch takes
+        self.queue_accepts = queue_accepts
+        self.added: List[float] = []
+        self.timers: List[float] = []
+        self.cancelled = 0
+        self.calls: List[Any] = []
+
+    def add(self, deadline: float, park: Any) -> bool:
+        self.added.append(deadline)
+        return self.queue_accepts
+
+    def timer(self, delay: float, park: Any) -> Any:
+        self.timers.append(delay)
+        return len(self.timers)
+
+    def cancel(self, timer: Any) -> None:
+        self.cancelled += 1
+
+    def getcurrent(self) -> Any:
+        return "me"
+
+    def switch(self) -> Any:
+        time.sleep(self.parked_for)
+        value = self.script.pop(0)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def call_soon(self, fn: Any, arg: Any) -> None:
+        self.calls.append(("soon", arg))
+
+    def call_soon_threadsafe(self, fn: Any, arg: Any) -> None:
+        self.calls.append(("threadsafe", arg))
+
+
+@pytest.fixture(params=["c", "python"])
+def core(request: pytest.FixtureRequest) -> Any:
+    from fastpool import _impl
+
+    try:
+        return _impl.load(request.param)
+    except ImportError as exc:
+        pytest.fail(f"the {request.param} core does not load: {exc}")
+
+
+def test_park_waits_an_infinite_deadline_in_steps(core: Any) -> None:
+    hub = _ScriptedHub([False, False, True])
+    t0 = time.monotonic()
+    assert core.Park(hub).wait_until(math.inf, 0.5) is True
+    assert len(hub.added) == 3 and all(t0 < d <= time.monotonic() + 0.5 for d in hub.added), hub.added
+    assert hub.timers == []  # the hub's shared deadline queue took every step
+
+
+def test_park_last_step_ends_on_the_callers_deadline(core: Any) -> None:
+    hub = _ScriptedHub([False, False], parked_for=0.25)
+    deadline = time.monotonic() + 0.7
+    assert core.Park(hub).wait_until(deadline, 0.5) is False  # one step, then the deadline
+    assert len(hub.added) == 2 and hub.added[-1] == deadline, hub.added
+
+
+def test_park_gets_a_timer_when_the_queue_refuses_and_always_cancels_it(core: Any) -> None:
+    hub = _ScriptedHub([True, Exception("killed")], queue_accepts=False)
+    park = core.Park(hub)
+    assert park.wait_until(time.monotonic() + 0.2, 10.0) is True
+    assert len(hub.timers) == 1 and 0 <= hub.timers[0] <= 0.2 and hub.cancelled == 1
+    with pytest.raises(Exception, match="killed"):
+        park.wait_until(time.monotonic() + 0.2, 10.0)
+    assert hub.cancelled == 2 and park.parked is False  # a kill in the switch: timer gone, not parked
+
+
+def test_park_resume_only_while_parked(core: Any) -> None:
+    switched: List[Any] = []
+
+    class Me:
+        def switch(self, value: Any) -> None:
+            switched.append(value)
+
+    hub = _ScriptedHub([])
+    park = core.Park(hub)
+    park.resume(True)  # a late wake, nothing parked: ignored
+    assert switched == []
+    park()  # the core's wake from another thread (owner is not this one): thread-safe call
+    assert hub.calls == [("threadsafe", True)]
+
+    def switch() -> Any:
+        assert park.parked
+        park.resume(False)  # the deadline expires while parked: switches in, once
+        park.resume(True)   # a wake that lost the race: ignored
+        return switched[-1]
+
+    hub.switch = switch  # type: ignore[method-assign]
+    hub.getcurrent = Me  # type: ignore[method-assign, assignment]
+    assert park.wait(None) is False and switched == [False] and not park.parked

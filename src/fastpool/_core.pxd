@@ -5,6 +5,7 @@
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.weakref cimport PyWeakref_GetObject
 from libc.math cimport INFINITY
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -43,6 +44,10 @@ cdef inline double _clock() noexcept nogil:
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
+
+cdef inline unsigned long _thread_ident() noexcept:
+    # the real thread id, what _thread.get_ident() returns, without a call through Python
+    return PyThread_get_thread_ident()
 
 cdef inline Py_ssize_t _address(object o) noexcept:
     # id(o) without making a Python int: the key of the address -> slot map.
@@ -146,6 +151,15 @@ cdef class Waiter:
     cdef public double idle
     cdef object __weakref__
 
+
+cdef class Park:
+    cdef object _hub
+    cdef object _me
+    cdef public bint parked
+    @cython.locals(now=cython.double)
+    cpdef bint wait_until(self, double deadline, double step) except -1
+    @cython.locals(timer=object)
+    cdef bint _park(self, double deadline, double now) except -1
 
 cdef class _DeadCallback:
     cdef object dead

@@ -101,29 +101,35 @@ def hub_kind() -> Optional[str]:
     return None
 
 
-def make_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
-    """A waiter for the current execution context (see the module docstring)."""
+def hub_parking() -> Optional["_Deadlines"]:
+    """The parking of the hub the running greenlet waits in (gevent or eventlet), or None: an
+    OS thread, a bare greenlet, or a hub's own greenlet (they wait as ``make_waiter`` says).
+    The pool parks a greenlet on it with its core's ``Park`` (see ``Pool._wait_in_hub``)."""
     if _getcurrent is not None and _get_gevent_hub is not None:
-        # The gevent case, inlined: it runs for every wait of a greenlet.
-        current = _getcurrent()
+        # The gevent case first, inlined: it runs for every wait of a greenlet.
         hub = _get_gevent_hub()
-        if hub is not None and current is not hub:
-            park = _Park(hub.__dict__.get("_fastpool_parking") or _gevent_parking(hub))
-            return waiter_cls(park.wake), park.wait
+        if hub is not None and _getcurrent() is not hub:
+            parking: Optional[_Deadlines] = hub.__dict__.get("_fastpool_parking")
+            return parking or _gevent_parking(hub)
     current = _current_greenlet()
     if current is None:
-        return thread_waiter(waiter_cls)
+        return None
     hub = _gevent_hub()
     if hub is not None and current is not hub:
-        park = _Park(_gevent_parking(hub))
-        return waiter_cls(park.wake), park.wait
+        return _gevent_parking(hub)
     hub = _eventlet_hub()
     if hub is not None and current is not getattr(hub, "greenlet", None):
-        eventlet_parking: Optional[_EventletParking] = getattr(hub, "_fastpool_parking", None)
-        if eventlet_parking is None:
-            eventlet_parking = hub._fastpool_parking = _EventletParking(hub)
-        return eventlet_parking.waiter(waiter_cls)
-    if current.parent is not None:
+        parking = getattr(hub, "_fastpool_parking", None)
+        if parking is None:
+            parking = hub._fastpool_parking = _EventletParking(hub)
+        return parking
+    return None
+
+
+def make_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:
+    """A waiter for a caller that ``hub_parking`` found no hub for (see the module docstring)."""
+    current = _current_greenlet()
+    if current is not None and current.parent is not None:
         return _bare_greenlet_waiter(waiter_cls)
     return thread_waiter(waiter_cls)
 
@@ -166,71 +172,8 @@ def spin(try_get: Callable[[float], Any], deadline: float, at_max: Callable[[], 
 _sched_yield: Callable[[], None] = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 
 
-_TIMED_OUT = object()
 _COMPACT_MIN = 1024  # _Deadlines entries before the first compaction
 _is_parked = operator.attrgetter("parked")
-
-
-class _Park:
-    """One greenlet's wait on its hub: what the core's waiter wakes, and what a deadline expires.
-
-    One object a wait, and the only one besides the core's waiter: no hub ``Waiter``, no
-    closures, no timer. Why so few: a wait lives as long as the queue ahead of it, so everything
-    it allocates survives the young garbage-collector generations and is promoted to the oldest;
-    enough promotions trigger a full collection, which walks every object of the process
-    (measured: with 1000 greenlets on 10 connections, full collections cost more CPU than
-    the rest of the pool).
-
-    ``parked`` is True only while the greenlet sits in the hub switch of ``wait``: a resume
-    (a wake, a deadline) switches into it only then, so a late one -- after a timeout, a kill,
-    or a wake that lost the race -- can never jump into unrelated code. The greenlet is held
-    only while parked (a finished wait may stay a while in the hub's deadline queue: it must
-    not keep a finished request's greenlet alive). The greenlet does not refer to this object,
-    and this object does not refer to the core's waiter: no reference cycle, nothing left for
-    the collector.
-    """
-
-    __slots__ = ("_hub", "_me", "parked")
-
-    def __init__(self, hub: Any) -> None:
-        self._hub = hub
-        self._me: Any = None
-        self.parked = False
-
-    def wake(self) -> None:
-        """Called by the core (once) when this waiter is handed a connection, closed or failed."""
-        hub = self._hub
-        if _get_ident() == hub.owner:
-            hub.call_soon(self.resume, None)
-        else:
-            # From another OS thread (a fastpool worker): hub objects are not thread-safe, so
-            # let the waiter's own hub make the switch.
-            hub.call_soon_threadsafe(self.resume, None)
-
-    def resume(self, value: Any) -> None:
-        """In the hub: switch the parked greenlet in with ``value`` (None, or _TIMED_OUT)."""
-        if self.parked:
-            self.parked = False
-            self._me.switch(value)
-
-    def wait(self, timeout: Optional[float]) -> bool:
-        """Park until woken (True) or ``timeout`` seconds have passed (False)."""
-        hub = self._hub
-        timer = None
-        if timeout is not None:
-            if timeout < 0:
-                timeout = 0.0
-            if not hub.add(hub._now() + timeout, self):
-                timer = hub.timer(timeout, self)  # earlier than the queue's tail: a timer of its own
-        self._me = _getcurrent()  # type: ignore[misc]  # set: a hub exists, so greenlet was seen
-        self.parked = True
-        try:
-            return hub.switch() is not _TIMED_OUT
-        finally:
-            self.parked = False
-            self._me = None
-            if timer is not None:
-                hub.cancel(timer)
 
 
 class _Deadlines:
@@ -245,16 +188,24 @@ class _Deadlines:
     dropped when the timer fires (the pool serves first come, first served, so they gather at
     the head) and by a compaction at C speed once the queue reaches twice the live waits (at
     least ``_COMPACT_MIN``): the queue stays bounded, in amortised O(1) a wait. Deadlines and
-    waits are kept in two deques (no tuple per wait: see _Park).
+    waits are kept in two deques (no tuple per wait: see fastpool._core.Park).
 
     Runs only in the hub's own OS thread (waits and the timer callback both do).
     Subclasses give the hub's primitives: ``_arm``, ``call_soon``, ``switch``, ``timer``,
-    ``cancel``.
+    ``cancel``; ``owner`` and ``getcurrent`` are set here. The waits themselves are the core's
+    ``Park`` objects (``fastpool._core.Park``: compiled, a wait runs no interpreted frame).
     """
 
-    __slots__ = ("_at", "_parks", "_armed_at", "_now", "_compact_at")
+    __slots__ = ("_at", "_parks", "_armed_at", "_now", "_compact_at", "owner", "getcurrent")
 
     def __init__(self) -> None:
+        #: the hub's OS thread: call_soon(fn, arg) runs fn(arg) in the hub, from that thread
+        #: only, call_soon_threadsafe from any other
+        self.owner = _get_ident()
+        #: the running greenlet (greenlet is imported: a hub exists)
+        import greenlet
+
+        self.getcurrent: Callable[[], Any] = greenlet.getcurrent
         self._at: "collections.deque[float]" = collections.deque()
         self._parks: "collections.deque[Any]" = collections.deque()
         self._armed_at = math.inf  # the earliest deadline a timer is armed for (inf: none)
@@ -303,7 +254,7 @@ class _Deadlines:
                 at.popleft()
                 # Switches into that greenlet (it cancels itself in the core); meanwhile other
                 # waits may add entries and arm a timer.
-                park.resume(_TIMED_OUT)
+                park.resume(False)
                 at, parks = self._at, self._parks  # a compaction may have replaced them
                 now = self._now()
             else:
@@ -325,17 +276,14 @@ def _gevent_parking(hub: Any) -> "_GeventParking":
 
 
 class _GeventParking(_Deadlines):
-    """Per-hub gevent machinery, made once per hub (see _Park, _Deadlines)."""
+    """Per-hub gevent machinery, made once per hub (see _Deadlines)."""
 
-    __slots__ = ("_hub", "_loop", "owner", "switch", "call_soon", "call_soon_threadsafe", "io")
+    __slots__ = ("_hub", "_loop", "switch", "call_soon", "call_soon_threadsafe", "io")
 
     def __init__(self, hub: Any) -> None:
         super().__init__()
         self._hub = hub
         self._loop = hub.loop
-        #: the hub's OS thread; call_soon(fn, arg) runs fn(arg) in the hub, from that thread
-        #: only, call_soon_threadsafe from any other
-        self.owner = _get_ident()
         self.call_soon = self._loop.run_callback
         self.call_soon_threadsafe = self._loop.run_callback_threadsafe
         #: park the current greenlet; returns the value it is switched back in with
@@ -361,9 +309,9 @@ class _GeventParking(_Deadlines):
     def _arm(self, delay: float) -> None:
         self._loop.timer(delay).start(self._fire)
 
-    def timer(self, delay: float, park: _Park) -> Any:
+    def timer(self, delay: float, park: Any) -> Any:
         timer = self._loop.timer(delay)
-        timer.start(park.resume, _TIMED_OUT)
+        timer.start(park.resume, False)
         return timer
 
     @staticmethod
@@ -408,14 +356,13 @@ class _EventletDoorbell:
 
 class _EventletParking(_Deadlines):
     """Per-hub eventlet machinery: the hub's own switch and timers (what eventlet's Event does),
-    not a Semaphore plus a Timeout object per wait (see _Park, _Deadlines)."""
+    not a Semaphore plus a Timeout object per wait (see _Deadlines)."""
 
-    __slots__ = ("_hub", "owner", "_doorbell", "switch")
+    __slots__ = ("_hub", "_doorbell", "switch")
 
     def __init__(self, hub: Any) -> None:
         super().__init__()
         self._hub = hub
-        self.owner = _get_ident()  # see _GeventParking
         self.switch = hub.switch
         # Made here, in the hub's thread (it spawns its reader greenthread), before any other
         # thread could need it.
@@ -430,16 +377,12 @@ class _EventletParking(_Deadlines):
     def _arm(self, delay: float) -> None:
         self._hub.schedule_call_global(delay, self._fire)
 
-    def timer(self, delay: float, park: _Park) -> Any:
-        return self._hub.schedule_call_global(delay, park.resume, _TIMED_OUT)
+    def timer(self, delay: float, park: Any) -> Any:
+        return self._hub.schedule_call_global(delay, park.resume, False)
 
     @staticmethod
     def cancel(timer: Any) -> None:
         timer.cancel()
-
-    def waiter(self, waiter_cls: Any) -> Tuple[Any, Wait]:
-        park = _Park(self)
-        return waiter_cls(park.wake), park.wait
 
 
 def _bare_greenlet_waiter(waiter_cls: Any) -> Tuple[Any, Wait]:

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, List, Optional, 
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2.extensions import get_wait_callback as _get_wait_callback
 
 from . import _impl, _original, fork, green as _green, health, rejection, reset as _reset, timings
-from ._states import CLOSED, CLOSED_POOL, FAILED, FULL, RETRY
+from ._states import CLOSED, CLOSED_POOL, ENQUEUED, FAILED, RETRY
 from .conninfo import ConnInfo, Scrubber, conninfo_problem, describe
 from .errors import ConnectionRejected, PoolClosed, PoolError, PoolMisuse, PoolTimeout, TooManyRequests
 from . import tracking
@@ -51,6 +52,7 @@ from .options import (  # noqa: F401 - the size constants are also read as fastp
     check_sizes,
     positive_seconds,
 )
+from .green import _eventlet_wait_callback, _gevent_wait_callback
 from .tracking import tracked_class
 from .workers import Workers
 
@@ -197,6 +199,7 @@ class Pool(Generic[ConnT], _DeclaredCore):
     """
 
     _Waiter: Any
+    _Park: Any
     _core_impl: str
     # per-event timings for histogram exporters; set by fastpool.timings, None while nobody
     # listens (class defaults: a pool is reachable by timings.subscribe as soon as it is tracked)
@@ -476,6 +479,9 @@ class Pool(Generic[ConnT], _DeclaredCore):
             raise PoolClosed(f"pool {self.name!r} is {'closed' if self._opened else 'not open yet'}")
         if self._dead:
             self._drain_dead()
+        parking = _green.hub_parking()
+        if parking is not None:
+            return self._wait_in_hub(parking, timeout, spent)
         wait_for = self._timeout if timeout is None else timeout
         start = monotonic() - spent
         deadline = start + wait_for
@@ -501,6 +507,77 @@ class Pool(Generic[ConnT], _DeclaredCore):
         if self._leak_timeout is not None:
             self._on_checkout(self._slot_for(conn))
         return conn
+
+    def _wait_in_hub(self, parking: Any, timeout: Optional[float], spent: float) -> Any:
+        """``_on_miss`` for a greenlet under a gevent or eventlet hub, in one frame: with more
+        greenlets than connections nearly every checkout comes here, so the general path's
+        steps that cannot apply (the thread spin, a waiter factory, tuple returns, a frame per
+        step) are left out. The same promises: first come, first served; the caller's timeout,
+        stepped if huge or infinite; ``max_waiting``; PoolClosed while waiting; a connection
+        handed to a caller that is cancelled or killed goes back; the health check of a handed
+        connection after ``check_after``; wait metrics and hooks; leak tracking. The park itself
+        (enqueue aside) is the core's ``Park``: compiled, it costs no interpreted frame."""
+        start = monotonic() - spent
+        wait_for = self._timeout if timeout is None else timeout
+        deadline = start + wait_for
+        callback = _get_wait_callback()
+        if callback is not _gevent_wait_callback and callback is not _eventlet_wait_callback:
+            _green.ensure_wait_callback(self._green)  # first wait after patching, or someone else's
+        park = self._Park(parking)
+        waiter = self._Waiter(park)
+        while True:
+            try:
+                r = self._enqueue(waiter, self._max_waiting)
+            except BaseException:
+                # Interrupted while queueing: unregister, and pass on anything handed over.
+                conn = self._claim(waiter)
+                if conn is not None:
+                    self.putconn(conn)
+                raise
+            if r != RETRY:
+                break
+            conn = self._try_get(max(deadline - monotonic(), 1e-6))
+            if conn is not None:  # a connection became free between the miss and the enqueue
+                hook = self._waited_hook
+                if hook is not None:
+                    hook(monotonic() - start)
+                return conn
+        if r != ENQUEUED:
+            raise self._not_queued(r)
+        try:
+            park.wait_until(deadline, WAIT_STEP)
+        except BaseException:
+            # Cancelled (greenlet kill, a gevent Timeout): a connection handed over meanwhile
+            # must go back, not vanish with this caller.
+            conn = self._claim(waiter)
+            self._requests_wait += monotonic() - start
+            if conn is not None:
+                self.putconn(conn)
+            raise
+        conn = self._claim(waiter)
+        if conn is None:
+            self._requests_wait += monotonic() - start  # psycopg_pool's meaning: every wait counts
+            raise self._no_handoff(waiter, wait_for)
+        if self._health_check is not None and not self._check_handoff(conn, waiter.idle, deadline):
+            # Discarded; a replacement is on its way: wait again for what is left of the time.
+            return self._on_miss(timeout, monotonic() - start)
+        waited = monotonic() - start
+        self._requests_wait += waited
+        hook = self._waited_hook
+        if hook is not None:
+            hook(waited)
+        if self._leak_timeout is not None:
+            self._on_checkout(self._slot_for(conn))
+        return conn
+
+    def _not_queued(self, r: int) -> PoolError:
+        """The error for an enqueue that was refused (``r``: CLOSED_POOL or FULL)."""
+        if r == CLOSED_POOL:  # close() ran since the caller's check
+            return PoolClosed(f"pool {self.name!r} is closed")
+        self._requests_errors += 1
+        return TooManyRequests(
+            f"pool {self.name!r}: {self._max_waiting} requests already waiting (max_waiting)"
+        )
 
     def _count_wait(self, waited: float) -> None:
         self._requests_wait += waited
@@ -531,13 +608,8 @@ class Pool(Generic[ConnT], _DeclaredCore):
                         hook(monotonic() - start)
                     return conn, None
                 continue
-            if r == CLOSED_POOL:  # close() ran since the caller's check
-                raise PoolClosed(f"pool {self.name!r} is closed")
-            if r == FULL:
-                self._requests_errors += 1
-                raise TooManyRequests(
-                    f"pool {self.name!r}: {self._max_waiting} requests already waiting (max_waiting)"
-                )
+            if r != ENQUEUED:
+                raise self._not_queued(r)
             return None, (waiter, wait)
 
     def _wait_for_handoff(self, waiter: Any, wait: Callable[[float], bool], deadline: float,
@@ -1130,6 +1202,7 @@ def _with_core(cls: type, impl: str) -> type:
                 "__doc__": cls.__doc__,
                 "misuse_error": PoolMisuse,
                 "_Waiter": core.Waiter,
+                "_Park": core.Park,
                 "_core_impl": impl,
             },
         )

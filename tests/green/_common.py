@@ -195,3 +195,197 @@ def scenario_main(scenarios: Dict[str, Callable[[], Any]], name: str) -> None:
         sys.exit(f"unknown scenario {name!r}; known: {', '.join(sorted(scenarios))}")
     result = fn() or {}
     emit(scenario=name, impl=IMPL, **result)
+
+
+# -- the hub's wait path (fastpool.Pool._wait_in_hub + the core's Park), for gevent and eventlet --
+class Hub:
+    """The few hub operations the park scenarios need: ``spawn(fn, *args)``, ``join(g)`` (its
+    result, or raises what it raised), ``kill(g, exc)`` (raise ``exc`` in it), ``sleep(s)``."""
+
+    def __init__(self, spawn: Callable[..., Any], join: Callable[[Any], Any],
+                 kill: Callable[[Any, BaseException], Any], sleep: Callable[[float], Any]) -> None:
+        self.spawn, self.join, self.kill, self.sleep = spawn, join, kill, sleep
+
+
+class Killed(Exception):
+    pass
+
+
+def _outcome(hub: Hub, g: Any) -> str:
+    try:
+        hub.join(g)
+    except BaseException as exc:  # noqa: B036 - what the greenlet died of is the outcome
+        return type(exc).__name__
+    return "ok"
+
+
+def park_close_while_parked(hub: Hub) -> Dict[str, Any]:
+    """close() wakes every parked greenlet with PoolClosed, at once; nothing stays queued."""
+    from fastpool import PoolClosed
+
+    pool = make_pool(min_size=1, max_size=1, timeout=30)
+    pool.wait()
+    held = pool.getconn()
+
+    def waiter() -> str:
+        try:
+            pool.putconn(pool.getconn())
+        except PoolClosed:
+            return "closed"
+        return "got"
+
+    gs = [hub.spawn(waiter) for _ in range(5)]
+    hub.sleep(0.05)
+    check(pool.stats()["requests_waiting"] == 5, "waiters not parked", pool.stats())
+    t0 = monotonic()
+    pool.close(timeout=1)
+    outcomes = [hub.join(g) for g in gs]
+    elapsed = monotonic() - t0
+    check(outcomes == ["closed"] * 5, "parked waiters did not get PoolClosed", outcomes)
+    check(elapsed < 5.0, "close() did not wake the parked waiters", elapsed)
+    check(pool.stats()["requests_waiting"] == 0, "a closed waiter is still registered", pool.stats())
+    pool.putconn(held)  # returned after close: retired, not leaked
+    check(pool.stats()["pool_size"] == 0, "a connection outlived close()", pool.stats())
+    return {"outcomes": outcomes}
+
+
+def park_stepped_timeouts(hub: Hub) -> Dict[str, Any]:
+    """Infinite and huge timeouts wait in steps (WAIT_STEP, made tiny here) and still get the
+    handoff; a finite timeout longer than a step expires on its deadline, not at a step; a
+    kill between steps returns nothing and leaks nothing."""
+    import math
+
+    from fastpool import PoolTimeout
+    from fastpool import pool as fp_pool
+
+    fp_pool.WAIT_STEP = 0.03
+    pool = make_pool(min_size=1, max_size=1, timeout=30)
+    pool.wait()
+    held = pool.getconn()
+    got: List[Any] = []
+
+    def taker(name: str, timeout: float) -> str:
+        conn = pool.getconn(timeout=timeout)
+        got.append(name)
+        pool.putconn(conn)
+        return "got"
+
+    def timing_out() -> float:
+        t0 = monotonic()
+        try:
+            pool.putconn(pool.getconn(timeout=0.1))
+        except PoolTimeout:
+            return monotonic() - t0
+        return -1.0
+
+    short = hub.spawn(timing_out)
+    forever = hub.spawn(taker, "inf", math.inf)
+    huge = hub.spawn(taker, "huge", 1e12)
+    victim = hub.spawn(taker, "victim", math.inf)
+    hub.sleep(0.2)  # several steps for each
+    waited = hub.join(short)
+    check(0.1 <= waited < 5.0, "a timeout longer than a step did not expire on its deadline", waited)
+    check(pool.stats()["requests_waiting"] == 3, "a stepped waiter stopped waiting", pool.stats())
+    hub.kill(victim, Killed("between steps"))
+    check(_outcome(hub, victim) == "Killed", "the kill did not reach the stepped waiter")
+    check(pool.stats()["requests_waiting"] == 2, "a killed waiter is still registered", pool.stats())
+    pool.putconn(held)
+    outcomes = [hub.join(forever), hub.join(huge)]
+    check(outcomes == ["got", "got"] and got == ["inf", "huge"],
+          "stepped waiters were not served, first come first served", outcomes, got)
+    verify = verify_pool(pool, 1, sleep=hub.sleep)
+    pool.close()
+    return {"short_timeout_waited": waited, "verify": verify}
+
+
+def park_handoff_checked(hub: Hub) -> Dict[str, Any]:
+    """A handed connection is health-checked when check_after says so (a callable check: always):
+    one that fails is discarded and the waiter waits again, for a replacement, in its own time;
+    the wait hook, the wait counter and leak tracking see the served wait."""
+    from fastpool import timings
+
+    verdicts: List[bool] = []  # what the check says next (empty: passes); set before the handoff
+    checked: List[int] = []
+
+    def check_fn(conn: Any) -> bool:
+        checked.append(backend_pid(conn))
+        return verdicts.pop(0) if verdicts else True
+
+    pool = make_pool(min_size=1, max_size=1, timeout=10, check=check_fn, leak_timeout=60)
+    pool.wait()
+    held = pool.getconn()
+    first_pid = backend_pid(held)
+    waits: List[float] = []
+
+    class Listener:
+        def connection_waited(self, pool_name: str, seconds: float) -> None:
+            waits.append(seconds)
+
+        def connection_used(self, pool_name: str, seconds: float) -> None:
+            pass
+
+        def connection_created(self, pool_name: str, seconds: float) -> None:
+            pass
+
+    takers: List[Any] = []
+
+    def waiter() -> int:
+        conn = pool.getconn()
+        try:
+            takers.append(pool._takers.get(pool._slot_for(conn)))  # leak tracking's record
+            return backend_pid(conn)
+        finally:
+            pool.putconn(conn)
+
+    g = hub.spawn(waiter)
+    hub.sleep(0.05)
+    checked.clear()
+    verdicts[:] = [False]
+    timings.subscribe(Listener(), [pool])
+    before = pool.stats()
+    pool.putconn(held)
+    pid = hub.join(g)
+    check(checked[:1] == [first_pid], "the handed connection was not checked", checked)
+    check(pid != first_pid, "a connection that failed its check was handed out", pid, first_pid)
+    st = pool.stats()
+    check(st.get("connections_lost", 0) >= 1, "the failed handoff was not counted", st)
+    check(waits and waits[-1] >= 0.04, "the wait hook missed the served wait", waits)
+    check(st["requests_wait_ms"] >= before["requests_wait_ms"] + 40, "the wait was not counted", st,
+          before)
+    check(takers and takers[0] and takers[0][-1].name == "waiter",
+          "leak tracking did not record who took the handed connection", takers)
+    verify = verify_pool(pool, 1, sleep=hub.sleep)
+    pool.close()
+    return {"checked": len(checked), "verify": verify}
+
+
+def park_max_waiting(hub: Hub) -> Dict[str, Any]:
+    """max_waiting: the greenlet past the limit is refused at once (TooManyRequests), the
+    queued ones are served in order."""
+    from fastpool import TooManyRequests
+
+    pool = make_pool(min_size=1, max_size=1, timeout=10, max_waiting=2)
+    pool.wait()
+    held = pool.getconn()
+    order: List[int] = []
+
+    def taker(i: int) -> str:
+        try:
+            conn = pool.getconn()
+        except TooManyRequests:
+            return "refused"
+        order.append(i)
+        pool.putconn(conn)
+        return "got"
+
+    gs = [hub.spawn(taker, i) for i in range(3)]
+    hub.sleep(0.05)
+    check(_outcome(hub, gs[2]) == "ok" and hub.join(gs[2]) == "refused",
+          "the waiter past max_waiting was not refused")
+    pool.putconn(held)
+    outcomes = [hub.join(g) for g in gs[:2]]
+    check(outcomes == ["got", "got"] and order == [0, 1], "queued waiters not served in order",
+          outcomes, order)
+    verify = verify_pool(pool, 1, sleep=hub.sleep)
+    pool.close()
+    return {"verify": verify}

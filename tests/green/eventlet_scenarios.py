@@ -212,9 +212,29 @@ def cancel_race() -> dict:
     return {"counts": counts, "verify": verify}
 
 
+# -- the hub's wait path, each promise (shared with gevent: _common.park_*) -----------------------
+_HUB = C.Hub(eventlet.spawn, lambda gt: gt.wait(), lambda gt, exc: gt.kill(exc), eventlet.sleep)
+
+
+def park_close_while_parked() -> dict:
+    return C.park_close_while_parked(_HUB)
+
+
+def park_stepped_timeouts() -> dict:
+    return C.park_stepped_timeouts(_HUB)
+
+
+def park_handoff_checked() -> dict:
+    return C.park_handoff_checked(_HUB)
+
+
+def park_max_waiting() -> dict:
+    return C.park_max_waiting(_HUB)
+
+
 SCENARIOS = {name: fn for name, fn in globals().items()
              if callable(fn) and not name.startswith("_") and getattr(fn, "__module__", "") == __name__
-             and name.split("_")[0] in ("load", "cancel")}
+             and name.split("_")[0] in ("load", "cancel", "park")}
 
 if __name__ == "__main__":
     C.scenario_main(SCENARIOS, SCENARIO)

@@ -540,9 +540,29 @@ def reuse_fd_after_close() -> dict:
     return {"rounds": rounds}
 
 
+# -- the hub's wait path, each promise (shared with eventlet: _common.park_*) ----------------------
+_HUB = C.Hub(gevent.spawn, lambda g: g.get(), lambda g, exc: g.kill(exc, block=False), gevent.sleep)
+
+
+def park_close_while_parked() -> dict:
+    return C.park_close_while_parked(_HUB)
+
+
+def park_stepped_timeouts() -> dict:
+    return C.park_stepped_timeouts(_HUB)
+
+
+def park_handoff_checked() -> dict:
+    return C.park_handoff_checked(_HUB)
+
+
+def park_max_waiting() -> dict:
+    return C.park_max_waiting(_HUB)
+
+
 SCENARIOS = {name: fn for name, fn in globals().items()
              if callable(fn) and not name.startswith("_") and fn.__module__ == __name__
-             and name.split("_")[0] in ("load", "cancel", "kill", "timeout", "reuse")}
+             and name.split("_")[0] in ("load", "cancel", "kill", "timeout", "reuse", "park")}
 
 if __name__ == "__main__":
     C.scenario_main(SCENARIOS, SCENARIO)
