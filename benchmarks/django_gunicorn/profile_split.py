@@ -137,6 +137,9 @@ def classify(frames: List[str]) -> Tuple[str, str]:
         return "driver", "driver"
     owner = "other"
     for f in reversed(frames):
+        if f is not leaf and _DRIVER_CALL_SITES.search(f):
+            owner = "driver"  # stdlib code (a codec) that the C driver call itself ran
+            break
         b = bucket_of(f)
         if b == "hub" and f is not leaf and not hub:
             return "hub", "hub-loop"  # a stdlib/transparent leaf under the hub's own code
