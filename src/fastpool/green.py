@@ -47,6 +47,8 @@ from .workers import WORKER_THREADS
 
 
 _get_gevent_hub: Optional[Callable[[], Any]] = None
+# eventlet.hubs' per-thread holder of the hub, known once a hub parked a greenlet (hub_parking)
+_eventlet_local: Any = None
 _getcurrent: Optional[Callable[[], Any]] = None
 # The real thread id, looked up once: under gevent every lookup through _original costs a dict
 # probe, and the hot paths below ask on every wait and every query.
@@ -105,12 +107,20 @@ def hub_parking() -> Optional["_Deadlines"]:
     """The parking of the hub the running greenlet waits in (gevent or eventlet), or None: an
     OS thread, a bare greenlet, or a hub's own greenlet (they wait as ``make_waiter`` says).
     The pool parks a greenlet on it with its core's ``Park`` (see ``Pool._wait_in_hub``)."""
+    global _eventlet_local
     if _getcurrent is not None and _get_gevent_hub is not None:
         # The gevent case first, inlined: it runs for every wait of a greenlet.
         hub = _get_gevent_hub()
         if hub is not None and _getcurrent() is not hub:
             parking: Optional[_Deadlines] = hub.__dict__.get("_fastpool_parking")
             return parking or _gevent_parking(hub)
+    if _eventlet_local is not None:
+        # The eventlet case, inlined too, once this thread's hub has its parking.
+        hub = getattr(_eventlet_local, "hub", None)
+        if hub is not None:
+            parking = hub.__dict__.get("_fastpool_parking")
+            if parking is not None and _getcurrent() is not hub.greenlet:  # type: ignore[misc]
+                return parking
     current = _current_greenlet()
     if current is None:
         return None
@@ -122,6 +132,7 @@ def hub_parking() -> Optional["_Deadlines"]:
         parking = getattr(hub, "_fastpool_parking", None)
         if parking is None:
             parking = hub._fastpool_parking = _EventletParking(hub)
+            _eventlet_local = sys.modules["eventlet.hubs"]._threadlocal
         return parking
     return None
 
