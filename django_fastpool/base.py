@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 import weakref
 from typing import Any, Dict, NamedTuple, Optional, Tuple
@@ -97,7 +96,8 @@ from django.db.backends.utils import CursorDebugWrapper, CursorWrapper  # noqa: 
 from django.utils.functional import cached_property  # noqa: E402
 
 import fastpool  # noqa: E402
-from fastpool import fork  # noqa: E402
+from fastpool import _original, fork, health  # noqa: E402
+from fastpool import green as _green  # noqa: E402
 from fastpool.pool import DEFAULT_CONNECT_TIMEOUT  # noqa: E402
 from fastpool.tracking import tracked_class  # noqa: E402
 
@@ -227,6 +227,41 @@ def _snapshot(value: Any) -> Any:
     return value
 
 
+#: seconds a caller waiting for another caller's pool build sleeps before it looks again (only
+#: matters if a wake were lost; the build's end wakes every waiter)
+_BUILD_RECHECK = 1.0
+
+
+class _Turn:
+    """A caller's wait for an alias's pool build, as fastpool.green.make_waiter wants a waiter:
+    ``state`` 0 while waiting, ``wake()`` called at most once."""
+
+    WAITING = 0
+    WOKEN = 1
+
+    __slots__ = ("state", "wake")
+
+    def __init__(self, wake: Any) -> None:
+        self.state = self.WAITING
+        self.wake = wake
+
+
+class _Build:
+    """An alias's pool build in progress: the callers waiting for it."""
+
+    __slots__ = ("turns",)
+
+    def __init__(self) -> None:
+        self.turns: list = []
+
+    def finish(self) -> None:
+        """Wake every waiter once (called with no lock held: a wake may switch greenlets)."""
+        for turn in self.turns:
+            if turn.state == _Turn.WAITING:
+                turn.state = _Turn.WOKEN
+                turn.wake()
+
+
 class DatabaseWrapper(pg_base.DatabaseWrapper):
     creation_class = DatabaseCreation
     features_class = DatabaseFeatures
@@ -234,9 +269,13 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
     # alias -> (fingerprint of connection settings, Pool); one pool per alias per process
     # (fastpool resets pools in forked children by itself).
     _fastpools: Dict[str, Tuple[Any, Any]] = {}
-    # threading's lock, not a real one: held across the settings probe's connect (I/O), where a
-    # greenlet may switch (the one exception to the threading rule, fastpool._original).
-    _fastpools_lock = threading.Lock()
+    # A real OS lock (the threading rule, fastpool._original), held only for dict look-ups and
+    # updates, never across I/O: the settings probe connects outside it (_build_pool).
+    _fastpools_lock = _original.allocate_lock()
+    # alias -> the pool build in progress (its settings probe connecting): a second caller of
+    # the alias waits for it instead of probing too, so the alias never has more sessions than
+    # max_size, even while its pool is being made.
+    _fastpool_builds: Dict[str, "_Build"] = {}
     # alias -> what the last full lookup derived from its settings: every later connect() of any
     # wrapper of the alias (hold="transaction" connects once per transaction; `Connection: close`
     # clients bring a new wrapper per request) skips get_connection_params(), the fingerprint
@@ -353,46 +392,90 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         fingerprint = (sorted((k, repr(v)) for k, v in conn_params.items()), isolation, role, timezone_name,
                        autocommit, sorted((k, repr(v)) for k, v in options.items()))
         entry = self._fastpools.get(self.alias)
-        if entry is not None and entry[0] == fingerprint:
-            self._fastpool_remember(snapshot, timezone_name, entry, conn_params)
-            return entry[1]
+        if entry is None or entry[0] != fingerprint:
+            entry = self._fastpool_build_or_wait(fingerprint, conn_params, options, isolation, role,
+                                                 timezone_name, autocommit)
+        self._fastpool_remember(snapshot, timezone_name, entry, conn_params)
+        return entry[1]
+
+    def _fastpool_build_or_wait(self, fingerprint: Any, conn_params: Dict[str, Any],
+                                options: Dict[str, Any], isolation: Any, role: Optional[str],
+                                timezone_name: Optional[str], autocommit: bool) -> Tuple[Any, Any]:
+        """The alias's (fingerprint, Pool) for these settings: built here, or by the caller
+        already building it, which this one waits for -- cooperatively, greenlet or thread
+        (fastpool.green.make_waiter). One build at a time per alias: two settings probes would
+        be two sessions, and a max_size=1 alias would briefly have 2."""
+        while True:
+            with self._fastpools_lock:
+                entry = self._fastpools.get(self.alias)
+                if entry is not None and entry[0] == fingerprint:
+                    return entry
+                build = self._fastpool_builds.get(self.alias)
+                if build is None:
+                    build = self._fastpool_builds[self.alias] = _Build()
+                    break  # this caller builds
+                # A new turn for every wait: one woken late (after its wait timed out) must
+                # never be woken again by the next build.
+                turn, wait = _green.make_waiter(_Turn)
+                build.turns.append(turn)
+            # A lost wake cannot strand the caller: it looks again every second.
+            wait(_BUILD_RECHECK)
+        try:
+            pool = self._build_pool(conn_params, options, isolation, role, timezone_name, autocommit)
+        except BaseException:
+            with self._fastpools_lock:
+                del self._fastpool_builds[self.alias]
+            build.finish()  # a waiter then tries itself, and gets the settings' error itself
+            raise
+        new_entry = (fingerprint, pool)
         with self._fastpools_lock:
-            entry = self._fastpools.get(self.alias)
-            if entry is not None and entry[0] == fingerprint:
-                return entry[1]
-            configure = _make_configure(isolation, role, timezone_name, self.ops, autocommit)
-            options = {"min_size": 0, **options}
-            reset = options.get("reset", "auto")
-            # Prove the settings once, synchronously, before any request waits on the pool: a
-            # wrong password, database or assume_role then fails now, as with Django's own
-            # backend, instead of as a PoolTimeout after the pool's timeout. The probe then
-            # becomes the pool's first connection: closing it instead left its server session
-            # alive for a moment while the pool opened max_size others (max_size + 1 sessions).
-            # The pool's own connect arguments, which a connect= pool does not add by itself.
-            kwargs = {"connect_timeout": DEFAULT_CONNECT_TIMEOUT, **conn_params}
-            kwargs["connection_factory"] = tracked_class(
-                conn_params.get("connection_factory") or psycopg2.extensions.connection,
-                session=reset == "auto",
-            )
-            probe = psycopg2.connect(**kwargs)
-            try:
-                configure(probe)
-            except BaseException:
-                probe.close()
-                raise
-            # A reset that wipes the session must be followed by the per-connection setup
-            # again (time zone, assumed role): the pool re-runs configure after its own
-            # DISCARD ALL ("auto", "discard"); a user's reset callable gets it appended.
-            options["reset"] = _make_reset(reset, configure)
-            pool = fastpool.Pool(
+            old = self._fastpools.get(self.alias)
+            self._fastpools[self.alias] = new_entry
+            del self._fastpool_builds[self.alias]
+        build.finish()
+        if old is not None:
+            old[1].close()
+        return new_entry
+
+    def _build_pool(self, conn_params: Dict[str, Any], options: Dict[str, Any], isolation: Any,
+                    role: Optional[str], timezone_name: Optional[str], autocommit: bool) -> Any:
+        """A new Pool for these settings, its first connection the settings probe (I/O: called
+        with no lock held)."""
+        configure = _make_configure(isolation, role, timezone_name, self.ops, autocommit)
+        options = {"min_size": 0, **options}
+        reset = options.get("reset", "auto")
+        # Prove the settings once, synchronously, before any request waits on the pool: a
+        # wrong password, database or assume_role then fails now, as with Django's own
+        # backend, instead of as a PoolTimeout after the pool's timeout. The probe then
+        # becomes the pool's first connection: closing it instead left its server session
+        # alive for a moment while the pool opened max_size others (max_size + 1 sessions).
+        # The pool's own connect arguments, which a connect= pool does not add by itself.
+        kwargs = {"connect_timeout": DEFAULT_CONNECT_TIMEOUT, **conn_params}
+        kwargs["connection_factory"] = tracked_class(
+            conn_params.get("connection_factory") or psycopg2.extensions.connection,
+            session=reset == "auto",
+        )
+        # As the pool's own connects: under gevent/eventlet the probe waits through the hub, so
+        # the process's other greenlets keep running while it connects.
+        _green.ensure_wait_callback(options.get("green", "auto"))
+        probe = psycopg2.connect(**kwargs)
+        try:
+            configure(probe)
+        except BaseException:
+            probe.close()
+            raise
+        # A reset that wipes the session must be followed by the per-connection setup
+        # again (time zone, assumed role): the pool re-runs configure after its own
+        # DISCARD ALL ("auto", "discard"); a user's reset callable gets it appended.
+        options["reset"] = _make_reset(reset, configure)
+        try:
+            return fastpool.Pool(
                 connect=_probe_first(probe), kwargs=kwargs, configure=configure,
                 name=f"django:{self.alias}", **options,
             )
-            new_entry = self._fastpools[self.alias] = (fingerprint, pool)
-        self._fastpool_remember(snapshot, timezone_name, new_entry, conn_params)
-        if entry is not None:
-            entry[1].close()
-        return pool
+        except BaseException:
+            probe.close()  # an invalid pool option: the probe was never the pool's
+            raise
 
     def _fastpool_remember(self, snapshot: Dict[str, Any], timezone_name: Optional[str],
                            entry: Tuple[Any, Any], conn_params: Dict[str, Any]) -> None:
@@ -533,17 +616,16 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         # The pool vets a connection before handing it out.
 
 
-# How long the settings probe may wait to become the pool's first connection: the pool takes
-# it at its first growth, which the request that made the pool starts at once.
-_PROBE_SHELF_LIFE = 5.0
-
-
 def _probe_first(probe: Any) -> Any:
     """The pool's ``connect``: the settings probe first, then new connections (the pool passes
     the probe's arguments, its tracked ``connection_factory`` included).
 
-    The probe is only handed over in the process that made it and while fresh: a forked child
-    detaches its inherited copy from the shared socket (fork.neutralise) and connects anew."""
+    The probe is handed over whatever its age, after the pool's own "auto" health check (a
+    socket poll; a ``SELECT 1`` once it sat idle a second or more): closing a merely old probe
+    and connecting anew let the server count both sessions while the old backend exited (2 for
+    ``max_size=1``). Only a probe that failed the check is replaced -- its session is already
+    gone or going, and no open socket keeps it. A forked child detaches its inherited copy from
+    the shared socket (fork.neutralise) and connects anew."""
     spare = [probe]
     pid = os.getpid()
     made = time.monotonic()
@@ -556,13 +638,19 @@ def _probe_first(probe: Any) -> Any:
         else:
             if os.getpid() != pid:
                 fork.neutralise(conn)
-            elif time.monotonic() - made < _PROBE_SHELF_LIFE and not conn.closed:
+            elif not conn.closed and health.auto_check(conn, time.monotonic() - made, _unguarded):
                 return conn
             else:
                 conn.close()
         return psycopg2.connect(conninfo, **kwargs)
 
     return connect
+
+
+def _unguarded(check: Any, conn: Any) -> Any:
+    """health.auto_check's guard, without a watchdog: the probe's ping runs in the pool's
+    connect, which the pool already treats as one attempt that may fail."""
+    return check(conn)
 
 
 def _make_reset(mode: Any, configure: Any) -> Any:

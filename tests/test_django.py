@@ -179,6 +179,46 @@ def test_gevent_bound_holds_from_startup(run: Callable[..., Dict[str, Any]]) -> 
     assert r["stats"]["pool_size"] <= 5 and r["stats"]["requests_errors"] == 0, r["stats"]
 
 
+@pytest.mark.parametrize("kind", ["gevent", "gevent_kill", "threads"])
+def test_first_connections_at_once_one_probe_no_deadlock(run: Callable[..., Dict[str, Any]], kind: str) -> None:
+    """20 greenlets (or threads) make the alias's first connection at once. With gevent the
+    backend was imported before monkey.patch_all() (gunicorn --preload) and the settings probe's
+    connect switches greenlets (psycogreen): the registry lock used to be a real lock held across
+    that connect, so the second greenlet blocked the whole thread, hub included -- a deadlock
+    (the driver's C-level watchdog ends it). One caller builds; the others wait cooperatively,
+    then share its pool: one probe, never more than max_size=1 session. "gevent_kill": the
+    builder is killed inside its probe; a waiter then builds, and every other request succeeds."""
+    r = run("preload", kind, pool={"max_size": 1, "timeout": 20})
+    if kind == "gevent_kill":
+        assert r["killed_in_probe"], r
+        assert r["ok"] == r["n_requests"] - 1 and not r["errors"], r
+        assert r["stats"]["pool_size"] <= 1 and r["stats"]["requests_errors"] == 0, r["stats"]
+        return
+    assert r["ok"] == r["n_requests"], r["errors"]
+    assert r["first_sample"] == 0 and r["samples"] > 5, r
+    assert r["opened"] == 1, r  # one settings probe, which became the pool's one connection
+    assert r["max_server_connections"] <= 1, r
+    assert r["stats"]["connections_num"] == 1 and r["stats"]["requests_errors"] == 0, r["stats"]
+
+
+@pytest.mark.parametrize("fate", ["parked", "terminated"])
+def test_parked_probe_keeps_the_bound(run: Callable[..., Dict[str, Any]], fate: str) -> None:
+    """The pool is made (``connection.pool``) 6 s before its first checkout. The probe used to
+    be closed after 5 s and a new connection opened at once: the server still listed the old
+    backend, 2 sessions for max_size=1. Now an old probe is vetted (ping) and handed over;
+    "terminated" (the server ended it meanwhile): it fails the vet, and the new connection
+    replaces a session that is already gone."""
+    r = run("parked_probe", fate, pool={"max_size": 1})
+    assert not r["errors"], r
+    assert r["samples"] > 10, r
+    assert r["max_server_connections"] <= 1, r
+    if fate == "parked":
+        assert r["opened"] == 1 and r["pids"] == r["probe_pid"], r  # the probe served them
+    else:
+        assert r["opened"] == 2 and r["pids"] != r["probe_pid"], r
+    assert r["stats"]["pool_size"] == 1 and r["stats"]["requests_errors"] == 0, r["stats"]
+
+
 # --------------------------------------------------------------------------------------------
 # 3. a transaction left open by one request is never seen by the next
 

@@ -40,11 +40,6 @@ ALLOWED: Dict[Tuple[str, str], str] = {
         "rule 4: Pool.wait(), a caller waiting for min_size, sleeps cooperatively when patched",
     ("src/fastpool/green.py", "time.sleep"):
         "rule 4: spin()'s fallback where os.sched_yield is missing, an OS-thread caller's wait",
-    ("django_fastpool/base.py", "import threading"): "see the next entry",
-    ("django_fastpool/base.py", "threading.Lock"):
-        "the exception: DatabaseWrapper._fastpools_lock is held across the settings probe's "
-        "connect (I/O, a greenlet switch under a wait callback); a real lock there would block a "
-        "second greenlet's whole thread. Real once the probe leaves the lock",
 }
 
 

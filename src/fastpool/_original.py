@@ -21,9 +21,9 @@
    (``Pool.wait``'s sleep) uses what the process has *at that moment* -- its hub, or the patched
    ``_thread`` lock or ``time.sleep`` -- so other greenlets run meanwhile.
 
-The one exception is listed, with its reason, in ``tests/test_threading_rule.py``: Django's
-per-alias pool registry lock is held across the settings probe's connect (I/O), so it is
-``threading.Lock`` (cooperative once patched) until the probe leaves it.
+There is no exception: Django's per-alias pool registry (``django_fastpool``) holds its real lock
+only for dict look-ups; its settings probe connects outside it, and a second caller of the alias
+waits for that build cooperatively (rule 4).
 """
 
 from __future__ import annotations

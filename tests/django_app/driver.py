@@ -32,6 +32,16 @@ if SCENARIO.startswith("gevent_"):
 
     monkey.patch_all()
 
+if SCENARIO == "preload" and ARG.startswith("gevent"):
+    # A deadlock blocks the whole OS thread, hub included (no gevent timeout can fire): a
+    # C-level watchdog ends the process with every thread's traceback instead.
+    import faulthandler
+
+    faulthandler.dump_traceback_later(60, exit=True)
+    from gevent import monkey
+
+    monkey.patch_all()
+
 if SCENARIO == "psycopg3" and ARG == "imported_first":
     import psycopg  # noqa: F401  # psycopg 3 already in sys.modules when Django picks a driver
 
@@ -363,6 +373,174 @@ def s_gevent_startup() -> None:
         max_server_connections=max(samples) if samples else None,
         stats=settled(connection.pool),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# 2. the alias's first connections made at once: one settings probe, one pool, no deadlock
+
+
+def _count_connects(opened: List[str]) -> Callable[[], None]:
+    """Count every psycopg2.connect() of the alias (its application_name); returns the undo."""
+    import psycopg2 as pg
+
+    real_connect = pg.connect
+
+    def counting_connect(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("application_name") == APP:
+            opened.append(kwargs.get("dbname", ""))
+        return real_connect(*args, **kwargs)
+
+    pg.connect = counting_connect
+
+    def undo() -> None:
+        pg.connect = real_connect
+
+    return undo
+
+
+def s_preload() -> None:
+    """ARG "gevent": the backend's registry lock a real lock, as when django_fastpool was
+    imported before monkey.patch_all() (gunicorn --preload), psycogreen's wait callback set (the probe's connect switches greenlets), then 20 greenlets
+    make the alias's first connection at once. "gevent_kill": the same, and the greenlet that
+    builds the pool is killed inside its settings probe. "threads": 20 OS threads at once."""
+    kind = ARG or "gevent"
+    green = kind.startswith("gevent")
+    setup()
+    from django.db import connection
+
+    if green:
+        import gevent
+        from gevent import monkey
+        from psycogreen.gevent import patch_psycopg
+
+        from django_fastpool.base import DatabaseWrapper
+
+        # What gunicorn --preload leaves: the backend imported before the worker patched, so
+        # what it made at import is real -- its registry lock included. (Importing Django
+        # itself before patching here would also leave Django's own connection locals
+        # shared between greenlets, a different problem.)
+        DatabaseWrapper._fastpools_lock = monkey.get_original("_thread", "allocate_lock")()
+        patch_psycopg()
+
+    admin = admin_connection()
+    opened: List[str] = []
+    undo = _count_connects(opened)
+    samples: List[int] = []
+    stop = threading.Event()
+    n = 20
+    results: List[Any] = []
+
+    def body() -> None:
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_sleep(0.005)")
+
+    def worker() -> None:
+        try:
+            request(body)
+            results.append(None)
+        except Exception as exc:
+            results.append(err(exc))
+
+    killed = False
+    if green:
+        def sampler() -> None:
+            while not stop.is_set():
+                samples.append(len(server_pids(admin)))
+                gevent.sleep(0.001)
+
+        s = gevent.spawn(sampler)
+        gevent.sleep(0.01)
+        gs = [gevent.spawn(worker) for _ in range(n)]
+        if kind == "gevent_kill":
+            gevent.sleep(0)  # the first greenlet is now inside its probe's connect, the others wait
+            from django_fastpool.base import DatabaseWrapper
+
+            killed = "default" in DatabaseWrapper._fastpool_builds
+            gs[0].kill()
+        gevent.joinall(gs, timeout=30)
+        stop.set()
+        s.join(5)
+    else:
+        barrier = threading.Barrier(n)
+
+        def sampler_thread() -> None:
+            while not stop.is_set():
+                samples.append(len(server_pids(admin)))
+                time.sleep(0.001)
+
+        def thread_worker() -> None:
+            barrier.wait()
+            worker()
+
+        st = threading.Thread(target=sampler_thread)
+        st.start()
+        time.sleep(0.01)
+        ts = [threading.Thread(target=thread_worker) for _ in range(n)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        stop.set()
+        st.join(5)
+    undo()
+    emit(
+        ok=sum(1 for r in results if r is None),
+        errors=[r for r in results if r is not None][:5],
+        n_requests=n,
+        killed_in_probe=killed,
+        opened=len(opened),
+        samples=len(samples),
+        first_sample=samples[0] if samples else None,
+        max_server_connections=max(samples) if samples else None,
+        stats=settled(connection.pool),
+    )
+
+
+def s_parked_probe() -> None:
+    """The pool is made (connection.pool) long before its first checkout; ARG "terminated": its
+    parked probe's session is also ended by the server meanwhile. max_size=1 must hold at every
+    pg_stat_activity sample, and the requests must succeed."""
+    setup()
+    from django.db import connection
+
+    admin = admin_connection()
+    opened: List[str] = []
+    undo = _count_connects(opened)
+    pool = connection.pool  # makes the pool and its settings probe, no checkout
+    probe_pid = server_pids(admin)
+    if ARG == "terminated":
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                        (APP,))
+        deadline = monotonic() + 10
+        while server_pids(admin) and monotonic() < deadline:
+            time.sleep(0.01)
+    samples: List[int] = []
+    stop = threading.Event()
+
+    def sampler() -> None:
+        mine = admin_connection()
+        while not stop.is_set():
+            samples.append(len(server_pids(mine)))
+        mine.close()
+
+    st = threading.Thread(target=sampler)
+    st.start()
+    time.sleep(float(os.environ.get("FP_DJ_PARK", "6")))  # longer than the old 5 s shelf life
+    errors: List[str] = []
+    pids: List[int] = []
+    for _ in range(5):
+        try:
+            pids.append(request(pid))
+        except Exception as exc:
+            errors.append(err(exc))
+    time.sleep(0.2)
+    stop.set()
+    st.join(5)
+    undo()
+    emit(errors=errors, pids=sorted(set(pids)), probe_pid=probe_pid, opened=len(opened),
+         samples=len(samples), max_server_connections=max(samples) if samples else None,
+         stats=settled(pool))
 
 
 # --------------------------------------------------------------------------------------------
