@@ -294,6 +294,9 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         )
         self._fastpool_cursors = 0  # open cursors (holding.Counted) of self.connection
         self._fastpool_connecting = False
+        # what the last get_connection_params() found fresh, for the get_new_connection() of
+        # the same connect() only (it takes it and clears it)
+        self._fastpool_vetted: Optional[_Derived] = None
         self._fastpool_held = _Held()
         # made at the first checkout, once per wrapper: gives back what _fastpool_held holds if
         # the wrapper is dropped without close() (its thread or greenlet ended)
@@ -340,6 +343,9 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
         if "pool" not in full["OPTIONS"]:
             return super().get_connection_params()
         d = self._fastpool_fresh()
+        # Django's connect() passes the result straight to get_new_connection(), which then
+        # need not check the settings a second time (half the per-checkout settings cost).
+        self._fastpool_vetted = d
         if d is not None:
             return d.params  # the callers here only read it
         return self._uncached_connection_params()
@@ -494,7 +500,9 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
 
     # -- connections ---------------------------------------------------------------------------
     def get_new_connection(self, conn_params: Dict[str, Any]) -> Any:
-        d = self._fastpool_fresh()
+        d, self._fastpool_vetted = self._fastpool_vetted, None
+        if d is None or conn_params is not d.params:
+            d = self._fastpool_fresh()
         if d is not None and conn_params is d.params:
             pool, level = d.entry[1], d.isolation_level
         else:
