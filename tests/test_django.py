@@ -219,6 +219,18 @@ def test_parked_probe_keeps_the_bound(run: Callable[..., Dict[str, Any]], fate: 
     assert r["stats"]["pool_size"] == 1 and r["stats"]["requests_errors"] == 0, r["stats"]
 
 
+def test_nested_connect_stays_connecting(run: Callable[..., Dict[str, Any]]) -> None:
+    """A connect() nested in connect() (a connection_created receiver that reconnects) restores
+    the outer connect's state instead of clearing it: otherwise the next receiver's cursor is a
+    hold="transaction" release point, the connection goes back mid-connect, and the caller's
+    ensure_connection() returns with connection None."""
+    r = run("nested_connect", pool={"hold": "transaction"})
+    assert not r["errors"], r
+    assert r["calls"][:3] == ["reconnect", "setup", "setup"], r  # the nested and the outer one
+    assert r["held_after_connect"] == [True, True, True] and r["n"] == 3, r
+    assert returned(r["stats"]) and r["stats"]["requests_errors"] == 0, r["stats"]
+
+
 # --------------------------------------------------------------------------------------------
 # 3. a transaction left open by one request is never seen by the next
 

@@ -543,6 +543,48 @@ def s_parked_probe() -> None:
          stats=settled(pool))
 
 
+def s_nested_connect() -> None:
+    """hold="transaction": a connection_created receiver closes and reconnects (a connect()
+    inside connect()), the next receiver runs a session query. The outer connect() must stay a
+    connect until it ends: the second receiver's cursor must not give the connection back
+    mid-connect (the caller's cursor() would then meet connection None)."""
+    setup()
+    from django.db import connection
+    from django.db.backends.signals import connection_created
+
+    calls: List[str] = []
+
+    def reconnect(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if not calls:
+            calls.append("reconnect")
+            connection.close()
+            connection.ensure_connection()  # nested connect(): this receiver runs again inside
+
+    def session_setup(sender: Any, connection: Any, **kwargs: Any) -> None:
+        calls.append("setup")
+        with connection.cursor() as cur:
+            cur.execute("SET application_name = %s", [APP])
+
+    connection_created.connect(reconnect)
+    connection_created.connect(session_setup)
+    errors: List[str] = []
+    held_after_connect: List[bool] = []
+
+    def body() -> int:
+        connection.ensure_connection()
+        held_after_connect.append(connection.connection is not None)
+        return pid()
+
+    pids = []
+    for _ in range(3):
+        try:
+            pids.append(request(body))
+        except Exception as exc:
+            errors.append(err(exc))
+    emit(errors=errors, calls=calls, held_after_connect=held_after_connect, n=len(pids),
+         stats=settled(connection.pool))
+
+
 # --------------------------------------------------------------------------------------------
 # 2. gevent: 200 concurrent greenlet requests on max_size=5
 
