@@ -179,9 +179,9 @@ def test_gevent_bound_holds_from_startup(run: Callable[..., Dict[str, Any]]) -> 
     assert r["stats"]["pool_size"] <= 5 and r["stats"]["requests_errors"] == 0, r["stats"]
 
 
-@pytest.mark.parametrize("kind", ["gevent", "gevent_kill", "threads"])
+@pytest.mark.parametrize("kind", ["gevent", "gevent_kill", "eventlet", "threads"])
 def test_first_connections_at_once_one_probe_no_deadlock(run: Callable[..., Dict[str, Any]], kind: str) -> None:
-    """20 greenlets (or threads) make the alias's first connection at once. With gevent the
+    """20 greenlets (or threads) make the alias's first connection at once. With gevent/eventlet the
     backend was imported before monkey.patch_all() (gunicorn --preload) and the settings probe's
     connect switches greenlets (psycogreen): the registry lock used to be a real lock held across
     that connect, so the second greenlet blocked the whole thread, hub included -- a deadlock

@@ -42,6 +42,17 @@ if SCENARIO == "preload" and ARG.startswith("gevent"):
 
     monkey.patch_all()
 
+if SCENARIO == "preload" and ARG == "eventlet":
+    import faulthandler
+    import warnings
+
+    faulthandler.dump_traceback_later(60, exit=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eventlet's deprecation notice
+        import eventlet
+
+    eventlet.monkey_patch()
+
 if SCENARIO == "psycopg3" and ARG == "imported_first":
     import psycopg  # noqa: F401  # psycopg 3 already in sys.modules when Django picks a driver
 
@@ -399,27 +410,37 @@ def _count_connects(opened: List[str]) -> Callable[[], None]:
 
 
 def s_preload() -> None:
-    """ARG "gevent": the backend's registry lock a real lock, as when django_fastpool was
-    imported before monkey.patch_all() (gunicorn --preload), psycogreen's wait callback set (the probe's connect switches greenlets), then 20 greenlets
+    """ARG "gevent" / "eventlet": the backend's registry lock a real lock, as when
+    django_fastpool was imported before monkey-patching (gunicorn --preload), psycogreen's wait
+    callback set (the probe's connect switches greenlets), then 20 greenlets
     make the alias's first connection at once. "gevent_kill": the same, and the greenlet that
     builds the pool is killed inside its settings probe. "threads": 20 OS threads at once."""
     kind = ARG or "gevent"
-    green = kind.startswith("gevent")
+    green = kind != "threads"
     setup()
     from django.db import connection
 
-    if green:
+    from django_fastpool.base import DatabaseWrapper
+
+    # What gunicorn --preload leaves: the backend imported before the worker patched, so what
+    # it made at import is real -- its registry lock included. (Importing Django itself before
+    # patching here would also leave Django's own connection locals shared between greenlets,
+    # a different problem.) psycogreen's wait callback: the probe's connect switches greenlets.
+    if kind == "eventlet":
+        import eventlet
+        from eventlet import patcher
+        from psycogreen.eventlet import patch_psycopg
+
+        DatabaseWrapper._fastpools_lock = patcher.original("_thread").allocate_lock()
+        spawn, sleep = eventlet.spawn, eventlet.sleep
+    elif green:
         import gevent
         from gevent import monkey
         from psycogreen.gevent import patch_psycopg
 
-        from django_fastpool.base import DatabaseWrapper
-
-        # What gunicorn --preload leaves: the backend imported before the worker patched, so
-        # what it made at import is real -- its registry lock included. (Importing Django
-        # itself before patching here would also leave Django's own connection locals
-        # shared between greenlets, a different problem.)
         DatabaseWrapper._fastpools_lock = monkey.get_original("_thread", "allocate_lock")()
+        spawn, sleep = gevent.spawn, gevent.sleep
+    if green:
         patch_psycopg()
 
     admin = admin_connection()
@@ -446,20 +467,19 @@ def s_preload() -> None:
         def sampler() -> None:
             while not stop.is_set():
                 samples.append(len(server_pids(admin)))
-                gevent.sleep(0.001)
+                sleep(0.001)
 
-        s = gevent.spawn(sampler)
-        gevent.sleep(0.01)
-        gs = [gevent.spawn(worker) for _ in range(n)]
+        s = spawn(sampler)
+        sleep(0.01)
+        gs = [spawn(worker) for _ in range(n)]
         if kind == "gevent_kill":
-            gevent.sleep(0)  # the first greenlet is now inside its probe's connect, the others wait
-            from django_fastpool.base import DatabaseWrapper
-
+            sleep(0)  # the first greenlet is now inside its probe's connect, the others wait
             killed = "default" in DatabaseWrapper._fastpool_builds
             gs[0].kill()
-        gevent.joinall(gs, timeout=30)
+        for g in gs:
+            g.wait() if kind == "eventlet" else g.join(30)
         stop.set()
-        s.join(5)
+        s.wait() if kind == "eventlet" else s.join(5)
     else:
         barrier = threading.Barrier(n)
 
