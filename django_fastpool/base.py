@@ -98,7 +98,7 @@ from django.utils.functional import cached_property  # noqa: E402
 import fastpool  # noqa: E402
 from fastpool import _original, fork, health  # noqa: E402
 from fastpool import green as _green  # noqa: E402
-from fastpool.pool import DEFAULT_CONNECT_TIMEOUT  # noqa: E402
+from fastpool.pool import DEFAULT_CONNECT_TIMEOUT, pool_class  # noqa: E402
 from fastpool.tracking import tracked_class  # noqa: E402
 
 from . import holding  # noqa: E402
@@ -234,7 +234,8 @@ _BUILD_RECHECK = 1.0
 
 class _Turn:
     """A caller's wait for an alias's pool build, as fastpool.green.make_waiter wants a waiter:
-    ``state`` 0 while waiting, ``wake()`` called at most once."""
+    ``state`` 0 while waiting, ``wake()`` called at most once (a thread waiter's lock must not
+    be released twice)."""
 
     WAITING = 0
     WOKEN = 1
@@ -244,6 +245,18 @@ class _Turn:
     def __init__(self, wake: Any) -> None:
         self.state = self.WAITING
         self.wake = wake
+
+
+def _build_waiter() -> Tuple["_Turn", Any]:
+    """(turn, wait) for a caller waiting for another caller's pool build, waiting as the pool's
+    own callers do: a greenlet under a gevent/eventlet hub parks on it (the core's Park, which
+    the pool's waits use), a bare greenlet or an OS thread as fastpool.green.make_waiter says."""
+    parking = _green.hub_parking()
+    if parking is not None:
+        park = pool_class(fastpool.__impl__)._Park(parking)
+        return _Turn(park), park.wait
+    turn, wait = _green.make_waiter(_Turn)
+    return turn, wait
 
 
 class _Build:
@@ -409,7 +422,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
                                 timezone_name: Optional[str], autocommit: bool) -> Tuple[Any, Any]:
         """The alias's (fingerprint, Pool) for these settings: built here, or by the caller
         already building it, which this one waits for -- cooperatively, greenlet or thread
-        (fastpool.green.make_waiter). One build at a time per alias: two settings probes would
+        (_build_waiter). One build at a time per alias: two settings probes would
         be two sessions, and a max_size=1 alias would briefly have 2."""
         while True:
             with self._fastpools_lock:
@@ -422,7 +435,7 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
                     break  # this caller builds
                 # A new turn for every wait: one woken late (after its wait timed out) must
                 # never be woken again by the next build.
-                turn, wait = _green.make_waiter(_Turn)
+                turn, wait = _build_waiter()
                 build.turns.append(turn)
             # A lost wake cannot strand the caller: it looks again every second.
             wait(_BUILD_RECHECK)
