@@ -23,6 +23,9 @@ process).  Valgrind runs one thread at a time; the child has one thread (the par
 this CPU (printed), not the hardware: they compare contenders, they do not predict seconds.
 ``--LL 2097152,16,64`` models the last level as this box's 2 MiB per-core L2 instead of the
 shared L3 (valgrind's default choice), to see whether the working set outgrows the closer level.
+Page-sized lines make the two levels a model of the data TLBs (4 KiB pages: transparent huge
+pages are ``madvise`` only here, and neither pymalloc nor greenlet asks for them):
+``--D1 262144,64,4096 --LL 8388608,16,4096`` = 64 fully associative entries, then 2048.
 """
 
 from __future__ import annotations
@@ -45,14 +48,19 @@ COUNTS = {"I   refs": "instr", "D1  misses": "d1_miss", "LLd misses": "lld_miss"
 _LINE = re.compile(r"==\d+== (I   refs|D   refs|D1  misses|LLd misses|LL misses):\s+([\d,]+)")
 
 
-def run_once(name: str, hub: str, dsn: str, greenlets: int, cycles: int, ll: str) -> dict:
+def run_once(name: str, hub: str, dsn: str, greenlets: int, cycles: int, ll: str,
+             d1: str = "") -> dict:
     """One child under cachegrind: its totals, plus the cache geometry valgrind used."""
     import fastpool
 
-    cfg = {"greenlets": greenlets, "size": 10, "cycles": cycles}
+    # valgrind runs ~50-100x slower: a fastpool checkout must not time out (the references have
+    # no timeout at all)
+    cfg = {"greenlets": greenlets, "size": 10, "cycles": cycles, "checkout_timeout": 3600.0}
     cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", "--cachegrind-out-file=/dev/null"]
     if ll:
         cmd.append(f"--LL={ll}")
+    if d1:
+        cmd.append(f"--D1={d1}")
     cmd += green.child_command(name, hub, dsn, f"fpcache-{os.getpid()}-{name}", cfg)
     env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts in both runs
     roots = (str(HERE), str(Path(fastpool.__file__).resolve().parent.parent))
@@ -94,18 +102,20 @@ def main() -> int:
     p.add_argument("--dsn", default=os.environ.get("FASTPOOL_BENCH_DSN",
                                                    "host=127.0.0.1 port=5432 user=postgres dbname=test"))
     p.add_argument("--LL", default="", help="cachegrind --LL=size,assoc,line (default: valgrind's)")
+    p.add_argument("--D1", default="", help="cachegrind --D1=size,assoc,line (default: valgrind's)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     rows = []
-    print(f"load {os.getloadavg()[0]:.1f}; hub {a.hub}; LL {a.LL or 'valgrind default'}", flush=True)
+    print(f"load {os.getloadavg()[0]:.1f}; hub {a.hub}; D1 {a.D1 or 'valgrind default'}; "
+          f"LL {a.LL or 'valgrind default'}", flush=True)
     print(f"{'contender':12s} {'greenlets':>9s} {'instr/q':>9s} {'D refs/q':>9s} {'D1 miss/q':>9s} "
           f"{'LLd miss/q':>10s}", flush=True)
     for g in (int(x) for x in a.greenlets.split(",")):
         c_lo = a.cycles
         c_hi = c_lo + -(-a.queries // g)
         for name in a.only.split(","):
-            lo = run_once(name, a.hub, a.dsn, g, c_lo, a.LL)
-            hi = run_once(name, a.hub, a.dsn, g, c_hi, a.LL)
+            lo = run_once(name, a.hub, a.dsn, g, c_lo, a.LL, a.D1)
+            hi = run_once(name, a.hub, a.dsn, g, c_hi, a.LL, a.D1)
             if lo.get("failed") or hi.get("failed"):
                 print(f"{name:12s} {g:9d} failed: {lo.get('failed') or hi.get('failed')}", flush=True)
                 rows.append({"name": name, "greenlets": g, "lo": lo, "hi": hi})
