@@ -50,7 +50,11 @@ def extensions() -> list:
     # through the core are not affected, they come from Python's own frame information).
     link_args = ["-Wl,--strip-all"] if sys.platform.startswith("linux") else []
     return cythonize(
-        [Extension("fastpool._core", ["src/fastpool/_core.py"], extra_link_args=link_args)],
+        [
+            Extension("fastpool._core", ["src/fastpool/_core.py"], extra_link_args=link_args),
+            # The return tracking's per-statement execute (interpreted where this one is not built).
+            Extension("fastpool._track", ["src/fastpool/_track.py"], extra_link_args=link_args),
+        ],
         compiler_directives={
             "language_level": 3,
             # _core.py is also plain Python (the interpreted core): its annotations are for

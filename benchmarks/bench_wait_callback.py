@@ -13,6 +13,10 @@ instructions instead, which load does not change:
             python benchmarks/bench_wait_callback.py $cb $n 2>&1 | grep Collected
     done; done
     # instructions per query = (Collected at 300 - Collected at 0) / 3000
+
+``--tracked``: the connections are of the class a fastpool pool with ``reset="auto"`` opens
+(``fastpool.tracking``: its cursors flag session-changing statements); the difference from the
+same callback without it is what the return tracking costs a query.
 """
 
 import argparse
@@ -32,6 +36,8 @@ p.add_argument("callback", choices=["fastpool", "psycogreen"])
 p.add_argument("n", type=int, help="queries per greenlet (0: only start-up, for the subtraction)")
 p.add_argument("--dsn", default=os.environ.get("FASTPOOL_BENCH_DSN",
                                                "host=127.0.0.1 port=5432 user=postgres dbname=test"))
+p.add_argument("--tracked", action="store_true",
+               help="connections of the class fastpool's own pool uses (return tracking)")
 a = p.parse_args()
 if a.callback == "psycogreen":
     import psycogreen.gevent
@@ -41,7 +47,12 @@ else:
     from fastpool.green import ensure_wait_callback
 
     ensure_wait_callback(True)
-conns = [psycopg2.connect(a.dsn) for _ in range(10)]
+factory = None
+if a.tracked:
+    from fastpool.tracking import tracked_class
+
+    factory = tracked_class(session=True)
+conns = [psycopg2.connect(a.dsn, connection_factory=factory) for _ in range(10)]
 
 
 def work(conn, n):

@@ -57,10 +57,13 @@ def test_wheel_holds_only_runtime_files(tmp_path: Path) -> None:
                    or n.startswith(("benchmarks/", "tests/", "fastpool_bench/"))]
         assert not shipped, shipped
         assert "fastpool/rejection.py" in names and "fastpool/_core.pyi" in names and "fastpool/py.typed" in names
-        (so,) = [n for n in names if n.startswith("fastpool/_core.") and n.endswith(".so")]
-        # A stripped ELF file keeps no symbol table (.symtab) and no debug sections.
-        data = zf.read(so)
-        assert b".symtab" not in data and b".debug_info" not in data, f"{so} is not stripped"
+        # Both compiled modules (the core, the tracking's execute), each beside its source.
+        for module in ("_core", "_track"):
+            assert f"fastpool/{module}.py" in names
+            (so,) = [n for n in names if n.startswith(f"fastpool/{module}.") and n.endswith(".so")]
+            # A stripped ELF file keeps no symbol table (.symtab) and no debug sections.
+            data = zf.read(so)
+            assert b".symtab" not in data and b".debug_info" not in data, f"{so} is not stripped"
 
 
 @pytest.mark.slow

@@ -13,17 +13,21 @@ One attribute, ``_fastpool_dirty``, holds two bits:
   class was asked for (``cursor_factory`` per call or on the connection, named cursors
   included) whose ``execute``/``executemany``/``callproc`` set the bit before running a
   statement that qualifies. With ``reset="auto"`` such a connection is reset on return.
+  Their ``execute``, run for every statement, comes from :mod:`fastpool._track` (compiled where
+  a C compiler was at hand, the same source interpreted otherwise).
 
 A connection whose attribute is 0 goes straight back to the pool.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any, Dict, Optional, Tuple, Type
 
 from psycopg2 import sql as _sql
 from psycopg2.extensions import connection as _pg_connection, cursor as _pg_cursor
 
+from . import _track
 from .session import _seen, callproc_changes_session, changes_session
 
 DIRTY = "_fastpool_dirty"
@@ -63,34 +67,34 @@ def _changes(cur: Any, conn: Any, query: Any) -> bool:
     return False  # psycopg2 rejects it
 
 
+def flag_session(cur: Any, query: Any) -> None:
+    """Mark ``cur``'s connection SESSION-dirty if running ``query`` on it can change session
+    state (the part of a tracked ``execute`` that :mod:`fastpool._track` does not shortcut)."""
+    conn = _cursor_connection(cur)
+    if not conn._fastpool_dirty & SESSION and _changes(cur, conn, query):
+        conn._fastpool_dirty |= SESSION
+
+
 def session_cursor_class(base: Type[Any]) -> Type[Any]:
     """A subclass of the psycopg2 cursor class ``base`` that marks its connection SESSION-dirty
     before a statement that can change session state."""
     cls = _cursor_cache.get(base)
-    if cls is not None:
-        return cls
+    if cls is None:
+        cls = _build_cursor_class(base, _track)
+        _cursor_cache[base] = cls
+        _cursor_cache[cls] = cls  # asked for by name (cur.__class__): already tracked
+    return cls
 
-    base_execute = base.execute
-    seen = _seen.get
 
-    # Marked before running: a statement that fails half-way may still have changed something.
-    # The common case (a str seen before, an unnamed cursor) is a dict lookup, inlined.
-    def execute(self: Any, query: Any, vars: Any = None) -> Any:
-        conn = _cursor_connection(self)
-        if not conn._fastpool_dirty & SESSION:
-            answer = seen(query) if type(query) is str and self.name is None else None
-            if answer is None:
-                answer = _changes(self, conn, query)
-            if answer:
-                conn._fastpool_dirty |= SESSION
-        if vars is None:
-            return base_execute(self, query)
-        return base_execute(self, query, vars)
+def _build_cursor_class(base: Type[Any], track: ModuleType) -> Type[Any]:
+    """``track``: :mod:`fastpool._track` as imported (compiled where it was built); the tests
+    also pass the same source run by the interpreter, the fallback where it was not."""
+    # The common case (an unnamed cursor, a str seen before as harmless) never leaves track's
+    # execute; flag_session decides everything else.
+    execute = track.tracked_execute(base.execute, _seen, flag_session)
 
     def executemany(self: Any, query: Any, vars_list: Any) -> Any:
-        conn = _cursor_connection(self)
-        if not conn._fastpool_dirty & SESSION and _changes(self, conn, query):
-            conn._fastpool_dirty |= SESSION
+        flag_session(self, query)
         return base.executemany(self, query, vars_list)
 
     def callproc(self: Any, procname: Any, *args: Any, **kwargs: Any) -> Any:
@@ -99,7 +103,7 @@ def session_cursor_class(base: Type[Any]) -> Type[Any]:
             conn._fastpool_dirty |= SESSION
         return base.callproc(self, procname, *args, **kwargs)
 
-    cls = type(
+    return type(
         f"Tracked{base.__name__[0].upper()}{base.__name__[1:]}",
         (base,),
         {
@@ -111,9 +115,6 @@ def session_cursor_class(base: Type[Any]) -> Type[Any]:
             "__doc__": f"{base.__name__} that flags session-changing statements (fastpool).",
         },
     )
-    _cursor_cache[base] = cls
-    _cursor_cache[cls] = cls  # asked for by name (cur.__class__): already tracked
-    return cls
 
 
 def tracked_class(base: Type[Any] = _pg_connection, session: bool = True) -> Type[Any]:
