@@ -75,10 +75,11 @@ def run_once(name: str, hub: str, dsn: str, greenlets: int, cycles: int, ll: str
         out.setdefault(COUNTS[label], int(value.replace(",", "")))
     res = [json.loads(line[len(green.RESULT_TAG):]) for line in proc.stdout.splitlines()
            if line.startswith(green.RESULT_TAG)]
-    out["queries"] = res[0]["queries"] if res else None
-    out["errors"] = res[0]["errors"] if res else None
-    if not res or "instr" not in out:
-        out["failed"] = proc.stderr.strip()[-600:]
+    out["queries"] = res[0].get("queries") if res else None
+    out["errors"] = res[0].get("errors") if res else None
+    if not res or res[0].get("status") != "ok" or "instr" not in out:
+        # e.g. a stale compiled core: the child says why in its RESULT line
+        out["failed"] = (res[0].get("note") if res else None) or proc.stderr.strip()[-600:]
     warn = [ln for ln in proc.stderr.splitlines() if "warning" in ln.lower() and "cache" in ln.lower()]
     out["cache_notes"] = warn[:3]
     return out
