@@ -105,47 +105,47 @@ def test_finished_entries_behind_a_live_head_stay_bounded() -> None:
 
 
 # -- the core's Park (the wait itself), on a scripted hub ------------------------------------------
-class _ScriptedHub:
-    """A hub whose switch() returns the scripted values in turn (False: a deadline expired,
-    True: woken); records the deadlines the park queues and the timers it arms."""
+def _scripted_hub(core: Any, script: List[Any], queue_accepts: bool = True,
+                  parked_for: float = 0.0) -> Any:
+    """A hub parking of ``core`` (its ``Deadlines``: the compiled Park takes no other) whose
+    switch() returns the scripted values in turn (False: a deadline expired, True: woken);
+    records the deadlines the park queues and the timers it arms."""
 
-    owner = -1  # never this thread: a wake goes through call_soon_threadsafe
+    class ScriptedHub(core.Deadlines):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.owner = 0  # never this thread: a wake goes through call_soon_threadsafe
+            self.script = script
+            self.parked_for = parked_for  # seconds each switch takes
+            self.queue_accepts = queue_accepts
+            self.added: List[float] = []
+            self.timers: List[float] = []
+            self.cancelled = 0
+            self.calls: List[Any] = []
+            self.getcurrent = lambda: "me"
+            self.switch = self._switch
+            self.call_soon = lambda fn, arg: self.calls.append(("soon", fn, arg))
+            self.call_soon_threadsafe = lambda fn, arg: self.calls.append(("threadsafe", fn, arg))
 
-    def __init__(self, script: List[Any], queue_accepts: bool = True, parked_for: float = 0.0) -> None:
-        self.script = script
-        self.parked_for = parked_for  # seconds each switch takes
-        self.queue_accepts = queue_accepts
-        self.added: List[float] = []
-        self.timers: List[float] = []
-        self.cancelled = 0
-        self.calls: List[Any] = []
+        def add(self, deadline: float, park: Any) -> bool:
+            self.added.append(deadline)
+            return self.queue_accepts
 
-    def add(self, deadline: float, park: Any) -> bool:
-        self.added.append(deadline)
-        return self.queue_accepts
+        def timer(self, delay: float, park: Any) -> Any:
+            self.timers.append(delay)
+            return len(self.timers)
 
-    def timer(self, delay: float, park: Any) -> Any:
-        self.timers.append(delay)
-        return len(self.timers)
+        def cancel(self, timer: Any) -> None:
+            self.cancelled += 1
 
-    def cancel(self, timer: Any) -> None:
-        self.cancelled += 1
+        def _switch(self) -> Any:
+            time.sleep(self.parked_for)
+            value = self.script.pop(0)
+            if isinstance(value, BaseException):
+                raise value
+            return value
 
-    def getcurrent(self) -> Any:
-        return "me"
-
-    def switch(self) -> Any:
-        time.sleep(self.parked_for)
-        value = self.script.pop(0)
-        if isinstance(value, BaseException):
-            raise value
-        return value
-
-    def call_soon(self, fn: Any, arg: Any) -> None:
-        self.calls.append(("soon", arg))
-
-    def call_soon_threadsafe(self, fn: Any, arg: Any) -> None:
-        self.calls.append(("threadsafe", arg))
+    return ScriptedHub()
 
 
 @pytest.fixture(params=["c", "python"])
@@ -159,7 +159,7 @@ def core(request: pytest.FixtureRequest) -> Any:
 
 
 def test_park_waits_an_infinite_deadline_in_steps(core: Any) -> None:
-    hub = _ScriptedHub([False, False, True])
+    hub = _scripted_hub(core, [False, False, True])
     t0 = time.monotonic()
     assert core.Park(hub).wait_until(math.inf, 0.5) is True
     assert len(hub.added) == 3 and all(t0 < d <= time.monotonic() + 0.5 for d in hub.added), hub.added
@@ -167,14 +167,14 @@ def test_park_waits_an_infinite_deadline_in_steps(core: Any) -> None:
 
 
 def test_park_last_step_ends_on_the_callers_deadline(core: Any) -> None:
-    hub = _ScriptedHub([False, False], parked_for=0.25)
+    hub = _scripted_hub(core, [False, False], parked_for=0.25)
     deadline = time.monotonic() + 0.7
     assert core.Park(hub).wait_until(deadline, 0.5) is False  # one step, then the deadline
     assert len(hub.added) == 2 and hub.added[-1] == deadline, hub.added
 
 
 def test_park_gets_a_timer_when_the_queue_refuses_and_always_cancels_it(core: Any) -> None:
-    hub = _ScriptedHub([True, Exception("killed")], queue_accepts=False)
+    hub = _scripted_hub(core, [True, Exception("killed")], queue_accepts=False)
     park = core.Park(hub)
     assert park.wait_until(time.monotonic() + 0.2, 10.0) is True
     assert len(hub.timers) == 1 and 0 <= hub.timers[0] <= 0.2 and hub.cancelled == 1
@@ -190,19 +190,37 @@ def test_park_resume_only_while_parked(core: Any) -> None:
         def switch(self, value: Any) -> None:
             switched.append(value)
 
-    hub = _ScriptedHub([])
+    hub = _scripted_hub(core, [])
     park = core.Park(hub)
     park.resume(True)  # a late wake, nothing parked: ignored
     assert switched == []
     park()  # the core's wake from another thread (owner is not this one): thread-safe call
-    assert hub.calls == [("threadsafe", True)]
+    [(kind, wake, arg)] = hub.calls
+    assert kind == "threadsafe" and arg is park
 
     def switch() -> Any:
         assert park.parked
         park.resume(False)  # the deadline expires while parked: switches in, once
-        park.resume(True)   # a wake that lost the race: ignored
+        wake(arg)  # the wake (it resumes with True) that lost the race: ignored
         return switched[-1]
 
-    hub.switch = switch  # type: ignore[method-assign]
-    hub.getcurrent = Me  # type: ignore[method-assign, assignment]
+    hub.switch = switch
+    hub.getcurrent = Me
     assert park.wait(None) is False and switched == [False] and not park.parked
+
+
+def test_waiter_for_makes_a_fresh_waiter_woken_by_its_own_park(core: Any) -> None:
+    from fastpool._states import WAITING
+
+    hub = _scripted_hub(core, [])
+    w1, w2 = core.Park.waiter_for(hub), core.Park.waiter_for(hub)
+    for w in (w1, w2):
+        assert isinstance(w, core.Waiter) and isinstance(w.wake, core.Park)
+        assert w.state == WAITING and w.conn is None and w.idle == 0.0 and not w.wake.parked
+    assert w1.wake is not w2.wake
+    w1.wake()  # the core's wake: through the hub, for this park only
+    [(kind, wake, arg)] = hub.calls
+    assert arg is w1.wake
+    if core.COMPILED:  # the compiled Park takes nothing but a hub parking
+        with pytest.raises(TypeError):
+            core.Park.waiter_for(object())

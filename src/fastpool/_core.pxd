@@ -152,14 +152,37 @@ cdef class Waiter:
     cdef object __weakref__
 
 
+cdef class Deadlines:
+    cdef public object _at
+    cdef public object _parks
+    cdef public double _armed_at
+    cdef public object _now
+    cdef public Py_ssize_t _compact_at
+    cdef public unsigned long owner
+    cdef public object getcurrent
+    cdef public object switch
+    cdef public object call_soon
+    cdef public object call_soon_threadsafe
+    # cpdef: a Park calls it in C; a Python subclass (a test's scripted hub) may still override it
+    @cython.locals(n=cython.Py_ssize_t)
+    cpdef bint add(self, double deadline, object park) except -1
+
+
+# final: nothing subclasses a wait, so the core calls resume() and _park() straight in C
+@cython.final
 cdef class Park:
-    cdef object _hub
+    cdef Deadlines _hub
     cdef object _me
     cdef public bint parked
+    cpdef resume(self, object woken)
     @cython.locals(now=cython.double)
     cpdef bint wait_until(self, double deadline, double step) except -1
     @cython.locals(timer=object)
     cdef bint _park(self, double deadline, double now) except -1
+
+cpdef _resume_woken(Park park)
+@cython.locals(park=Park, w=Waiter)
+cpdef Waiter _park_waiter(Deadlines hub)
 
 cdef class _DeadCallback:
     cdef object dead

@@ -50,6 +50,8 @@ from __future__ import annotations
 import math
 import weakref
 from collections import deque
+from itertools import compress
+from time import monotonic as _monotonic
 from typing import Any, Callable, List, Optional, Tuple
 
 try:
@@ -121,6 +123,11 @@ _NUMBERS = {
 }
 
 
+# What _grow_slots returns when there is nothing to reserve (every enqueue of a pool at
+# max_size): one shared empty list, not a new one each time. Its callers only read it.
+_NO_SLOTS: List[int] = []
+
+
 class Waiter:
     """One blocked getconn. ``wake`` is the policy's primitive (thread lock or greenlet)."""
 
@@ -137,14 +144,133 @@ class Waiter:
         self.idle = 0.0
 
 
+_COMPACT_MIN = 1024  # Deadlines entries before the first compaction
+
+
+def _is_parked(park: Any) -> bool:
+    return park.parked
+
+
+class Deadlines:
+    """A hub's parking: one hub timer for all the pool waits of one hub, instead of one timer
+    per wait, and the hub primitives a ``Park`` needs.
+
+    Waits are appended in the order they start; a pool's default timeout is the same for every
+    caller, so their deadlines arrive in nondecreasing order and the earliest is always at the
+    head: a single timer, armed for the head, is enough. A wait whose deadline would be earlier
+    than the tail's (a caller passing a shorter timeout) is refused (``add`` returns False) and
+    gets a timer of its own. An entry is finished when its wait is no longer ``parked`` (woken,
+    timed out, cancelled). ``add`` only appends (every wait pays for it); finished entries are
+    dropped when the timer fires (the pool serves first come, first served, so they gather at
+    the head) and by a compaction at C speed once the queue reaches twice the live waits (at
+    least ``_COMPACT_MIN``): the queue stays bounded, in amortised O(1) a wait. Deadlines and
+    waits are kept in two deques (no tuple per wait).
+
+    It lives in the core, not in ``fastpool.green``, so that compiled, a wait's ``add`` and the
+    ``Park``'s reads of ``switch``/``getcurrent``/``call_soon`` are C (each wait paid an
+    interpreted frame and attribute lookups for them). The hub-specific subclasses are
+    ``fastpool.green._GeventParking`` / ``_EventletParking``: they set ``switch`` (park the
+    current greenlet; returns the value it is switched back in with), ``call_soon(fn, arg)``
+    (runs ``fn(arg)`` in the hub; from the hub's thread ``owner`` only) and
+    ``call_soon_threadsafe(fn, arg)`` (from any thread), and define ``_arm(delay)`` (a hub
+    timer calling ``_fire``), ``timer(delay, park)`` / ``cancel(timer)`` (a wait's own timer).
+
+    Runs only in the hub's own OS thread (waits and the timer callback both do).
+    """
+
+    if not cython.compiled:
+        __slots__ = ("_at", "_parks", "_armed_at", "_now", "_compact_at", "owner", "getcurrent",
+                     "switch", "call_soon", "call_soon_threadsafe")
+
+    def __init__(self) -> None:
+        #: the hub's OS thread: call_soon from that thread only, call_soon_threadsafe from others
+        self.owner = _thread_ident()
+        #: the running greenlet (greenlet is imported: a hub exists)
+        import greenlet
+
+        self.getcurrent = greenlet.getcurrent
+        self.switch = None
+        self.call_soon = None
+        self.call_soon_threadsafe = None
+        self._at = deque()
+        self._parks = deque()
+        self._armed_at = INFINITY  # the earliest deadline a timer is armed for (inf: none)
+        self._now = _monotonic
+        self._compact_at = _COMPACT_MIN
+
+    def add(self, deadline: float, park: Any) -> bool:
+        """Queue ``park``'s ``deadline``; False if it is earlier than the tail's (the caller
+        arms a timer of its own)."""
+        at = self._at
+        n = len(at)
+        if n >= self._compact_at:
+            self._compact()
+            at = self._at
+            n = len(at)
+        if n and deadline < at[n - 1]:  # (no negative index: the core compiles without wraparound)
+            return False
+        at.append(deadline)
+        self._parks.append(park)
+        if deadline < self._armed_at:
+            # No timer yet, or only one for a later deadline (every earlier wait finished and a
+            # shorter timeout came next): arm one for this deadline. A later timer still armed
+            # fires harmlessly (nothing due).
+            self._armed_at = deadline
+            self._arm(max(0.0, deadline - self._now()))
+        return True
+
+    def _compact(self) -> None:
+        """Drop the finished entries, in amortised O(1): the next compaction waits until the
+        queue has doubled again. Entries are not dropped one by one as waits finish (that
+        would cost every wait a few more steps): they go here, at C speed, and when the timer
+        fires. Called before the new wait is parked, so it is not mistaken for a finished one."""
+        live = list(map(_is_parked, self._parks))
+        self._at = deque(compress(self._at, live))
+        self._parks = deque(compress(self._parks, live))
+        self._compact_at = max(_COMPACT_MIN, 2 * len(self._parks))
+
+    def _fire(self) -> None:
+        """Timer callback (in the hub): expire due waits, re-arm for the next live one."""
+        self._armed_at = INFINITY
+        at, parks = self._at, self._parks
+        now = self._now()
+        while parks:
+            park = parks[0]
+            if not park.parked:
+                parks.popleft()
+                at.popleft()
+            elif at[0] <= now:
+                parks.popleft()
+                at.popleft()
+                # Switches into that greenlet (it cancels itself in the core); meanwhile other
+                # waits may add entries and arm a timer.
+                park.resume(False)
+                at, parks = self._at, self._parks  # a compaction may have replaced them
+                now = self._now()
+            else:
+                if at[0] < self._armed_at:  # not already covered by a timer armed meanwhile
+                    self._armed_at = at[0]
+                    self._arm(at[0] - now)
+                return
+
+    def _arm(self, delay: float) -> None:
+        """Arm a hub timer that calls ``_fire`` after ``delay`` seconds."""
+        raise NotImplementedError
+
+    def timer(self, delay: float, park: Any) -> Any:
+        """A wait's own timer: ``park.resume(False)`` after ``delay`` seconds."""
+        raise NotImplementedError
+
+    def cancel(self, timer: Any) -> None:
+        """Cancel a timer ``timer()`` made."""
+        raise NotImplementedError
+
+
 class Park:
     """One greenlet's wait on its hub: the core's waiter wakes it, a deadline expires it.
 
     Mechanism only (the pool keeps the policy: errors, metrics, health checks). ``hub`` is the
-    hub's parking (``fastpool.green._GeventParking`` / ``_EventletParking``): ``owner`` (the
-    hub's OS thread id), ``call_soon(fn, arg)`` / ``call_soon_threadsafe(fn, arg)``, ``switch()``
-    (park the current greenlet), ``getcurrent()``, ``add(deadline, park)`` (the hub's shared
-    deadline queue; False: earlier than its tail), ``timer(delay, park)`` / ``cancel(timer)``.
+    hub's parking, a ``Deadlines`` (``fastpool.green._GeventParking`` / ``_EventletParking``).
     It lives in the core so that, compiled, a wait runs no interpreted frame but the hub's own.
 
     The park is the waiter's ``wake``: calling it (the core does, once) resumes the greenlet
@@ -170,15 +296,21 @@ class Park:
         self._me = None
         self.parked = False
 
+    @staticmethod
+    def waiter_for(hub: Any) -> Waiter:
+        """A core ``Waiter`` whose ``wake`` is a new ``Park`` on ``hub``: what a greenlet's
+        wait takes, made in one call (no argument tuple and ``__init__`` per object)."""
+        return _park_waiter(hub)
+
     def __call__(self) -> None:
         """The core's wake: resume the greenlet from its hub (this may run in another OS thread,
         a fastpool worker that made a connection; hub objects are not thread-safe, so the
         waiter's own hub makes the switch)."""
         hub = self._hub
         if _thread_ident() == hub.owner:
-            hub.call_soon(self.resume, True)
+            hub.call_soon(_resume_woken, self)
         else:
-            hub.call_soon_threadsafe(self.resume, True)
+            hub.call_soon_threadsafe(_resume_woken, self)
 
     def resume(self, woken: Any) -> None:
         """In the hub: switch the parked greenlet in; ``woken`` False for an expired deadline."""
@@ -220,6 +352,26 @@ class Park:
             self._me = None
             if timer is not None:
                 hub.cancel(timer)
+
+
+def _park_waiter(hub: Any) -> Waiter:
+    # (Park.waiter_for; a module function for its C types, see _core.pxd)
+    park = Park.__new__(Park)
+    park._hub = hub
+    park._me = None
+    park.parked = False
+    w = Waiter.__new__(Waiter)
+    w.state = WAITING
+    w.conn = None
+    w.wake = park
+    w.idle = 0.0
+    return w
+
+
+def _resume_woken(park: Park) -> None:
+    """What a wake asks the hub to call: ``park.resume(True)``, through one module function
+    instead of a bound method made per wake."""
+    park.resume(True)
 
 
 class _DeadCallback:
@@ -793,6 +945,8 @@ class Core:
     def _grow_slots(self) -> List[int]:
         # Reserve one CONNECTING slot per waiter not yet covered by a connection being made,
         # with at most ``grow_limit`` connections being made at once (see _core_set_grow_limit).
+        if self._size >= self._max or self._nwaiting <= self._nconnecting:
+            return _NO_SLOTS  # every enqueue of a full pool: no new list
         slots = []
         while (
             self._nwaiting > self._nconnecting

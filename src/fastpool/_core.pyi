@@ -4,7 +4,7 @@
 # its base for type checkers, so every core method the policy calls is typed here, and the
 # policy's hooks (last section) must keep the signatures the core calls them with.
 from collections import deque
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, final
 
 from typing_extensions import disjoint_base
 
@@ -22,11 +22,36 @@ class Waiter:
     def __init__(self, wake: Callable[[], Any]) -> None: ...
 
 @disjoint_base
+class Deadlines:
+    """A hub's parking: its waits' shared deadline queue and the hub primitives a Park uses
+    (``fastpool.green`` subclasses it per hub kind)."""
+
+    owner: int
+    getcurrent: Callable[[], Any]
+    switch: Any
+    call_soon: Any
+    call_soon_threadsafe: Any
+    _at: deque[float]
+    _parks: deque[Any]
+    _armed_at: float
+    _now: Callable[[], float]
+    _compact_at: int
+    def __init__(self) -> None: ...
+    def add(self, deadline: float, park: Any) -> bool: ...
+    def _compact(self) -> None: ...
+    def _fire(self) -> None: ...
+    def _arm(self, delay: float) -> None: ...
+    def timer(self, delay: float, park: Any) -> Any: ...
+    def cancel(self, timer: Any) -> None: ...
+
+@final
 class Park:
     """One greenlet's wait on its hub's parking (``fastpool.green``); the waiter's ``wake``."""
 
     parked: bool
-    def __init__(self, hub: Any) -> None: ...
+    def __init__(self, hub: Deadlines) -> None: ...
+    @staticmethod
+    def waiter_for(hub: Deadlines) -> Waiter: ...
     def __call__(self) -> None: ...
     def resume(self, woken: Any) -> None: ...
     def wait(self, timeout: Optional[float]) -> bool: ...

@@ -28,12 +28,10 @@ from __future__ import annotations
 import sys
 import time
 from time import monotonic
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import collections
-import itertools
-import math
-import operator
+import functools
 import os
 import select
 import weakref
@@ -106,14 +104,17 @@ def hub_kind() -> Optional[str]:
 def hub_parking() -> Optional["_Deadlines"]:
     """The parking of the hub the running greenlet waits in (gevent or eventlet), or None: an
     OS thread, a bare greenlet, or a hub's own greenlet (they wait as ``make_waiter`` says).
-    The pool parks a greenlet on it with its core's ``Park`` (see ``Pool._wait_in_hub``)."""
+    The pool parks a greenlet on it with its core's ``Park`` (see ``Pool._on_miss``)."""
     global _eventlet_local
     if _getcurrent is not None and _get_gevent_hub is not None:
         # The gevent case first, inlined: it runs for every wait of a greenlet.
         hub = _get_gevent_hub()
         if hub is not None and _getcurrent() is not hub:
-            parking: Optional[_Deadlines] = hub.__dict__.get("_fastpool_parking")
-            return parking or _gevent_parking(hub)
+            try:
+                parking: Optional[_Deadlines] = hub._fastpool_parking
+            except AttributeError:  # the hub's first wait
+                return _gevent_parking(hub)
+            return parking
     if _eventlet_local is not None:
         # The eventlet case, inlined too, once this thread's hub has its parking.
         hub = getattr(_eventlet_local, "hub", None)
@@ -183,99 +184,26 @@ def spin(try_get: Callable[[float], Any], deadline: float, at_max: Callable[[], 
 _sched_yield: Callable[[], None] = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 
 
-_COMPACT_MIN = 1024  # _Deadlines entries before the first compaction
-_is_parked = operator.attrgetter("parked")
+def _core_deadlines() -> Any:
+    """The parkings' base: the compiled core's ``Deadlines`` where it loads (its ``Park`` takes
+    no other), else the interpreted one (the interpreted ``Park`` takes either)."""
+    from . import _core
+
+    base = getattr(_core, "Deadlines", None)
+    if base is None:  # a compiled core built from an older source: not used by any pool anyway
+        from . import _core_py
+
+        base = getattr(_core_py, "Deadlines")  # (defined by the source it executes)
+    return base
 
 
-class _Deadlines:
-    """One hub timer for all the pool waits of one hub, instead of one timer per wait.
-
-    Waits are appended in the order they start; a pool's default timeout is the same for every
-    caller, so their deadlines arrive in nondecreasing order and the earliest is always at the
-    head: a single timer, armed for the head, is enough. A wait whose deadline would be earlier
-    than the tail's (a caller passing a shorter timeout) is refused (``add`` returns False) and
-    gets a timer of its own. An entry is finished when its wait is no longer ``parked`` (woken,
-    timed out, cancelled). ``add`` only appends (every wait pays for it); finished entries are
-    dropped when the timer fires (the pool serves first come, first served, so they gather at
-    the head) and by a compaction at C speed once the queue reaches twice the live waits (at
-    least ``_COMPACT_MIN``): the queue stays bounded, in amortised O(1) a wait. Deadlines and
-    waits are kept in two deques (no tuple per wait: see fastpool._core.Park).
-
-    Runs only in the hub's own OS thread (waits and the timer callback both do).
-    Subclasses give the hub's primitives: ``_arm``, ``call_soon``, ``switch``, ``timer``,
-    ``cancel``; ``owner`` and ``getcurrent`` are set here. The waits themselves are the core's
-    ``Park`` objects (``fastpool._core.Park``: compiled, a wait runs no interpreted frame).
-    """
-
-    __slots__ = ("_at", "_parks", "_armed_at", "_now", "_compact_at", "owner", "getcurrent")
-
-    def __init__(self) -> None:
-        #: the hub's OS thread: call_soon(fn, arg) runs fn(arg) in the hub, from that thread
-        #: only, call_soon_threadsafe from any other
-        self.owner = _get_ident()
-        #: the running greenlet (greenlet is imported: a hub exists)
-        import greenlet
-
-        self.getcurrent: Callable[[], Any] = greenlet.getcurrent
-        self._at: "collections.deque[float]" = collections.deque()
-        self._parks: "collections.deque[Any]" = collections.deque()
-        self._armed_at = math.inf  # the earliest deadline a timer is armed for (inf: none)
-        self._now = monotonic
-        self._compact_at = _COMPACT_MIN
-
-    def add(self, deadline: float, park: Any) -> bool:
-        at = self._at
-        if len(at) >= self._compact_at:
-            self._compact()
-            at = self._at
-        if at and deadline < at[-1]:
-            return False
-        at.append(deadline)
-        self._parks.append(park)
-        if deadline < self._armed_at:
-            # No timer yet, or only one for a later deadline (every earlier wait finished and a
-            # shorter timeout came next): arm one for this deadline. A later timer still armed
-            # fires harmlessly (nothing due).
-            self._armed_at = deadline
-            self._arm(max(0.0, deadline - self._now()))
-        return True
-
-    def _compact(self) -> None:
-        """Drop the finished entries, in amortised O(1): the next compaction waits until the
-        queue has doubled again. Entries are not dropped one by one as waits finish (that
-        would cost every wait a few more steps): they go here, at C speed, and when the timer
-        fires. Called before the new wait is parked, so it is not mistaken for a finished one."""
-        live = list(map(_is_parked, self._parks))
-        self._at = collections.deque(itertools.compress(self._at, live))
-        self._parks = collections.deque(itertools.compress(self._parks, live))
-        self._compact_at = max(_COMPACT_MIN, 2 * len(self._parks))
-
-    def _fire(self) -> None:
-        """Timer callback (in the hub): expire due waits, re-arm for the next live one."""
-        self._armed_at = math.inf
-        at, parks = self._at, self._parks
-        now = self._now()
-        while parks:
-            park = parks[0]
-            if not park.parked:
-                parks.popleft()
-                at.popleft()
-            elif at[0] <= now:
-                parks.popleft()
-                at.popleft()
-                # Switches into that greenlet (it cancels itself in the core); meanwhile other
-                # waits may add entries and arm a timer.
-                park.resume(False)
-                at, parks = self._at, self._parks  # a compaction may have replaced them
-                now = self._now()
-            else:
-                if at[0] < self._armed_at:  # not already covered by a timer armed meanwhile
-                    self._armed_at = at[0]
-                    self._arm(at[0] - now)
-                return
-
-    def _arm(self, delay: float) -> None:
-        raise NotImplementedError
+#: One hub timer for all the pool waits of one hub, and the hub primitives of a wait: the core's
+#: ``Deadlines`` (``fastpool._core``; see there), subclassed per hub kind below.
+if TYPE_CHECKING:
+    from ._core import Deadlines as _Deadlines
+else:
+    _Deadlines = _core_deadlines()
+_COMPACT_MIN: int = sys.modules[_Deadlines.__module__]._COMPACT_MIN
 
 
 def _gevent_parking(hub: Any) -> "_GeventParking":
@@ -289,7 +217,7 @@ def _gevent_parking(hub: Any) -> "_GeventParking":
 class _GeventParking(_Deadlines):
     """Per-hub gevent machinery, made once per hub (see _Deadlines)."""
 
-    __slots__ = ("_hub", "_loop", "switch", "call_soon", "call_soon_threadsafe", "io")
+    __slots__ = ("_hub", "_loop", "io")
 
     def __init__(self, hub: Any) -> None:
         super().__init__()
@@ -325,10 +253,8 @@ class _GeventParking(_Deadlines):
         timer.start(park.resume, False)
         return timer
 
-    @staticmethod
-    def cancel(timer: Any) -> None:
+    def cancel(self, timer: Any) -> None:
         timer.close()
-
 
 
 class _EventletDoorbell:
@@ -369,20 +295,20 @@ class _EventletParking(_Deadlines):
     """Per-hub eventlet machinery: the hub's own switch and timers (what eventlet's Event does),
     not a Semaphore plus a Timeout object per wait (see _Deadlines)."""
 
-    __slots__ = ("_hub", "_doorbell", "switch")
+    __slots__ = ("_hub", "_doorbell")
 
     def __init__(self, hub: Any) -> None:
         super().__init__()
         self._hub = hub
         self.switch = hub.switch
+        # call_soon(fn, arg) is schedule_call_global(0, fn, arg): a partial, no frame per wake
+        self.call_soon = functools.partial(hub.schedule_call_global, 0)
+        self.call_soon_threadsafe = self._call_soon_threadsafe
         # Made here, in the hub's thread (it spawns its reader greenthread), before any other
         # thread could need it.
         self._doorbell = _EventletDoorbell()
 
-    def call_soon(self, fn: Callable[[Any], Any], arg: Any) -> None:
-        self._hub.schedule_call_global(0, fn, arg)
-
-    def call_soon_threadsafe(self, fn: Callable[[Any], Any], arg: Any) -> None:
+    def _call_soon_threadsafe(self, fn: Callable[[Any], Any], arg: Any) -> None:
         self._doorbell.ring(lambda: self._hub.schedule_call_global(0, fn, arg))
 
     def _arm(self, delay: float) -> None:
@@ -391,8 +317,7 @@ class _EventletParking(_Deadlines):
     def timer(self, delay: float, park: Any) -> Any:
         return self._hub.schedule_call_global(delay, park.resume, False)
 
-    @staticmethod
-    def cancel(timer: Any) -> None:
+    def cancel(self, timer: Any) -> None:
         timer.cancel()
 
 
@@ -468,7 +393,10 @@ def _gevent_wait_callback(conn: Any) -> None:
 
             _gevent_io = (wait_read, wait_write)
         return _drive(conn, *_gevent_io)
-    parking = hub.__dict__.get("_fastpool_parking") or _gevent_parking(hub)
+    try:
+        parking = hub._fastpool_parking
+    except AttributeError:  # the hub's first wait
+        parking = _gevent_parking(hub)
     fd = conn.fileno()
     watchers = parking.io.get(fd)
     if watchers is None or watchers[0]() is not conn:  # first wait of this connection
