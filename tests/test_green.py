@@ -331,7 +331,7 @@ _PARK_SCENARIOS = [
 @pytest.mark.parametrize("hub", ["gevent", "eventlet"])
 @pytest.mark.parametrize("name", _PARK_SCENARIOS)
 def test_hub_wait_path_keeps_every_promise(scenario: Any, hub: str, name: str) -> None:
-    """The greenlet wait path (Pool._wait_in_hub and the core's Park), on both hubs and cores:
+    """The greenlet wait path (Pool._on_miss and the core's Park), on both hubs and cores:
     each promise of a wait, one scenario each (kills at the park and races: the cancellation
     scenarios above)."""
     res = scenario(f"{hub}_scenarios.py", name)

@@ -474,57 +474,32 @@ class Pool(Generic[ConnT], _DeclaredCore):
 
     def _on_miss(self, timeout: Optional[float], spent: float = 0.0) -> Any:
         """No idle connection could be handed out: queue and wait for a direct handoff, for what
-        is left of the caller's timeout (``spent`` went on health checks already)."""
+        is left of the caller's timeout (``spent`` went on health checks already).
+
+        A greenlet under a gevent or eventlet hub waits here, in this one frame: with more
+        greenlets than connections nearly every checkout comes here, so the steps of the general
+        path that cannot apply (the thread spin, a waiter factory, tuple returns, a frame per
+        step) are left out; OS threads and bare greenlets wait in ``_wait_off_hub``. The same
+        promises: first come, first served; the caller's timeout, stepped if huge or infinite;
+        ``max_waiting``; PoolClosed while waiting; a connection handed to a caller that is
+        cancelled or killed goes back; the health check of a handed connection after
+        ``check_after``; wait metrics and hooks; leak tracking. The park itself (enqueue aside)
+        is the core's ``Park``: compiled, it costs no interpreted frame."""
         if self._core_closed():
             raise PoolClosed(f"pool {self.name!r} is {'closed' if self._opened else 'not open yet'}")
         if self._dead:
             self._drain_dead()
         parking = _green.hub_parking()
-        if parking is not None:
-            return self._wait_in_hub(parking, timeout, spent)
-        wait_for = self._timeout if timeout is None else timeout
-        start = monotonic() - spent
-        deadline = start + wait_for
-        _green.ensure_wait_callback(self._green)
-        conn = _green.spin(self._try_get, deadline, self._at_max)  # OS threads only
-        if conn is not None:
-            self._count_wait(monotonic() - start)
-            return conn
-        conn, queued = self._join_queue(deadline, start)
-        if queued is None:
-            return conn  # a connection became free while joining the queue
-        waiter, wait = queued
-        self._wait_for_handoff(waiter, wait, deadline, start)
-        conn = self._claim(waiter)
-        if conn is not None and not self._check_handoff(conn, waiter.idle, deadline):
-            # Discarded; a replacement is on its way (the discard freed a slot): wait again for
-            # what is left of the caller's time.
-            return self._on_miss(timeout, monotonic() - start)
-        if conn is None:
-            self._requests_wait += monotonic() - start  # psycopg_pool's meaning: every wait counts
-            raise self._no_handoff(waiter, wait_for)
-        self._count_wait(monotonic() - start)
-        if self._leak_timeout is not None:
-            self._on_checkout(self._slot_for(conn))
-        return conn
-
-    def _wait_in_hub(self, parking: Any, timeout: Optional[float], spent: float) -> Any:
-        """``_on_miss`` for a greenlet under a gevent or eventlet hub, in one frame: with more
-        greenlets than connections nearly every checkout comes here, so the general path's
-        steps that cannot apply (the thread spin, a waiter factory, tuple returns, a frame per
-        step) are left out. The same promises: first come, first served; the caller's timeout,
-        stepped if huge or infinite; ``max_waiting``; PoolClosed while waiting; a connection
-        handed to a caller that is cancelled or killed goes back; the health check of a handed
-        connection after ``check_after``; wait metrics and hooks; leak tracking. The park itself
-        (enqueue aside) is the core's ``Park``: compiled, it costs no interpreted frame."""
+        if parking is None:
+            return self._wait_off_hub(timeout, spent)
         start = monotonic() - spent
         wait_for = self._timeout if timeout is None else timeout
         deadline = start + wait_for
         callback = _get_wait_callback()
         if callback is not _gevent_wait_callback and callback is not _eventlet_wait_callback:
             _green.ensure_wait_callback(self._green)  # first wait after patching, or someone else's
-        park = self._Park(parking)
-        waiter = self._Waiter(park)
+        waiter = self._Park.waiter_for(parking)
+        park = waiter.wake
         while True:
             try:
                 r = self._enqueue(waiter, self._max_waiting)
@@ -566,6 +541,35 @@ class Pool(Generic[ConnT], _DeclaredCore):
         hook = self._waited_hook
         if hook is not None:
             hook(waited)
+        if self._leak_timeout is not None:
+            self._on_checkout(self._slot_for(conn))
+        return conn
+
+    def _wait_off_hub(self, timeout: Optional[float], spent: float) -> Any:
+        """``_on_miss`` for an OS thread or a bare greenlet (no hub to park in): spin a little
+        (threads), queue, and block on the waiter ``fastpool.green.make_waiter`` gives."""
+        wait_for = self._timeout if timeout is None else timeout
+        start = monotonic() - spent
+        deadline = start + wait_for
+        _green.ensure_wait_callback(self._green)
+        conn = _green.spin(self._try_get, deadline, self._at_max)  # OS threads only
+        if conn is not None:
+            self._count_wait(monotonic() - start)
+            return conn
+        conn, queued = self._join_queue(deadline, start)
+        if queued is None:
+            return conn  # a connection became free while joining the queue
+        waiter, wait = queued
+        self._wait_for_handoff(waiter, wait, deadline, start)
+        conn = self._claim(waiter)
+        if conn is not None and not self._check_handoff(conn, waiter.idle, deadline):
+            # Discarded; a replacement is on its way (the discard freed a slot): wait again for
+            # what is left of the caller's time.
+            return self._on_miss(timeout, monotonic() - start)
+        if conn is None:
+            self._requests_wait += monotonic() - start  # psycopg_pool's meaning: every wait counts
+            raise self._no_handoff(waiter, wait_for)
+        self._count_wait(monotonic() - start)
         if self._leak_timeout is not None:
             self._on_checkout(self._slot_for(conn))
         return conn

@@ -197,7 +197,7 @@ def scenario_main(scenarios: Dict[str, Callable[[], Any]], name: str) -> None:
     emit(scenario=name, impl=IMPL, **result)
 
 
-# -- the hub's wait path (fastpool.Pool._wait_in_hub + the core's Park), for gevent and eventlet --
+# -- the hub's wait path (fastpool.Pool._on_miss + the core's Park), for gevent and eventlet --
 class Hub:
     """The few hub operations the park scenarios need: ``spawn(fn, *args)``, ``join(g)`` (its
     result, or raises what it raised), ``kill(g, exc)`` (raise ``exc`` in it), ``sleep(s)``."""
