@@ -476,30 +476,36 @@ class Pool(Generic[ConnT], _DeclaredCore):
         """No idle connection could be handed out: queue and wait for a direct handoff, for what
         is left of the caller's timeout (``spent`` went on health checks already).
 
-        A greenlet under a gevent or eventlet hub waits here, in this one frame: with more
-        greenlets than connections nearly every checkout comes here, so the steps of the general
-        path that cannot apply (the thread spin, a waiter factory, tuple returns, a frame per
-        step) are left out; OS threads and bare greenlets wait in ``_wait_off_hub``. The same
-        promises: first come, first served; the caller's timeout, stepped if huge or infinite;
+        One frame and one copy of the logic for every caller; only how the caller parks
+        differs. A greenlet under a gevent or eventlet hub (nearly every checkout when greenlets
+        outnumber connections) parks on the core's ``Park``: compiled, its stepped wait costs
+        no interpreted frame. An OS thread first spins a little (``green.spin``), and a thread or
+        a bare greenlet then blocks on what ``green.make_waiter`` gives, in steps. The promises:
+        first come, first served; the caller's timeout, stepped if huge or infinite;
         ``max_waiting``; PoolClosed while waiting; a connection handed to a caller that is
         cancelled or killed goes back; the health check of a handed connection after
-        ``check_after``; wait metrics and hooks; leak tracking. The park itself (enqueue aside)
-        is the core's ``Park``: compiled, it costs no interpreted frame."""
+        ``check_after``; wait metrics and hooks; leak tracking."""
         if self._core_closed():
             raise PoolClosed(f"pool {self.name!r} is {'closed' if self._opened else 'not open yet'}")
         if self._dead:
             self._drain_dead()
-        parking = _green.hub_parking()
-        if parking is None:
-            return self._wait_off_hub(timeout, spent)
         start = monotonic() - spent
         wait_for = self._timeout if timeout is None else timeout
         deadline = start + wait_for
-        callback = _get_wait_callback()
-        if callback is not _gevent_wait_callback and callback is not _eventlet_wait_callback:
-            _green.ensure_wait_callback(self._green)  # first wait after patching, or someone else's
-        waiter = self._Park.waiter_for(parking)
-        park = waiter.wake
+        parking = _green.hub_parking()
+        wait: Optional[Callable[[float], bool]] = None
+        if parking is not None:
+            callback = _get_wait_callback()
+            if callback is not _gevent_wait_callback and callback is not _eventlet_wait_callback:
+                _green.ensure_wait_callback(self._green)  # first wait after patching, or someone else's
+            waiter = self._Park.waiter_for(parking)
+        else:
+            _green.ensure_wait_callback(self._green)
+            conn = _green.spin(self._try_get, deadline, self._at_max)  # OS threads only
+            if conn is not None:
+                self._count_wait(monotonic() - start)
+                return conn
+            waiter, wait = _green.make_waiter(self._Waiter)
         while True:
             try:
                 r = self._enqueue(waiter, self._max_waiting)
@@ -511,6 +517,7 @@ class Pool(Generic[ConnT], _DeclaredCore):
                 raise
             if r != RETRY:
                 break
+            # Never queued: the same waiter serves the next attempt.
             conn = self._try_get(max(deadline - monotonic(), 1e-6))
             if conn is not None:  # a connection became free between the miss and the enqueue
                 hook = self._waited_hook
@@ -520,10 +527,18 @@ class Pool(Generic[ConnT], _DeclaredCore):
         if r != ENQUEUED:
             raise self._not_queued(r)
         try:
-            park.wait_until(deadline, WAIT_STEP)
+            if wait is None:
+                waiter.wake.wait_until(deadline, WAIT_STEP)
+            else:
+                while True:
+                    # In steps: a huge or infinite timeout means "as long as it takes", and no
+                    # lock takes an infinite timeout.
+                    left = deadline - monotonic()
+                    if wait(min(left, WAIT_STEP)) or left <= WAIT_STEP:
+                        break
         except BaseException:
-            # Cancelled (greenlet kill, a gevent Timeout): a connection handed over meanwhile
-            # must go back, not vanish with this caller.
+            # Cancelled (greenlet kill, KeyboardInterrupt, a timeout exception): a connection
+            # handed over meanwhile must go back, not vanish with this caller.
             conn = self._claim(waiter)
             self._requests_wait += monotonic() - start
             if conn is not None:
@@ -534,41 +549,9 @@ class Pool(Generic[ConnT], _DeclaredCore):
             self._requests_wait += monotonic() - start  # psycopg_pool's meaning: every wait counts
             raise self._no_handoff(waiter, wait_for)
         if self._health_check is not None and not self._check_handoff(conn, waiter.idle, deadline):
-            # Discarded; a replacement is on its way: wait again for what is left of the time.
-            return self._on_miss(timeout, monotonic() - start)
-        waited = monotonic() - start
-        self._requests_wait += waited
-        hook = self._waited_hook
-        if hook is not None:
-            hook(waited)
-        if self._leak_timeout is not None:
-            self._on_checkout(self._slot_for(conn))
-        return conn
-
-    def _wait_off_hub(self, timeout: Optional[float], spent: float) -> Any:
-        """``_on_miss`` for an OS thread or a bare greenlet (no hub to park in): spin a little
-        (threads), queue, and block on the waiter ``fastpool.green.make_waiter`` gives."""
-        wait_for = self._timeout if timeout is None else timeout
-        start = monotonic() - spent
-        deadline = start + wait_for
-        _green.ensure_wait_callback(self._green)
-        conn = _green.spin(self._try_get, deadline, self._at_max)  # OS threads only
-        if conn is not None:
-            self._count_wait(monotonic() - start)
-            return conn
-        conn, queued = self._join_queue(deadline, start)
-        if queued is None:
-            return conn  # a connection became free while joining the queue
-        waiter, wait = queued
-        self._wait_for_handoff(waiter, wait, deadline, start)
-        conn = self._claim(waiter)
-        if conn is not None and not self._check_handoff(conn, waiter.idle, deadline):
             # Discarded; a replacement is on its way (the discard freed a slot): wait again for
             # what is left of the caller's time.
             return self._on_miss(timeout, monotonic() - start)
-        if conn is None:
-            self._requests_wait += monotonic() - start  # psycopg_pool's meaning: every wait counts
-            raise self._no_handoff(waiter, wait_for)
         self._count_wait(monotonic() - start)
         if self._leak_timeout is not None:
             self._on_checkout(self._slot_for(conn))
@@ -588,52 +571,6 @@ class Pool(Generic[ConnT], _DeclaredCore):
         hook = self._waited_hook
         if hook is not None:
             hook(waited)
-
-    def _join_queue(
-        self, deadline: float, start: float
-    ) -> Tuple[Any, Optional[Tuple[Any, Callable[[float], bool]]]]:
-        """Queue a waiter: (None, (waiter, wait)), or (conn, None) if a connection became free
-        between the miss and the enqueue. Raises if the queue is full or the pool closed."""
-        while True:
-            waiter, wait = _green.make_waiter(self._Waiter)
-            try:
-                r = self._enqueue(waiter, self._max_waiting)
-            except BaseException:
-                # Interrupted while queueing: unregister, and pass on anything handed over.
-                conn = self._claim(waiter)
-                if conn is not None:
-                    self.putconn(conn)
-                raise
-            if r == RETRY:
-                conn = self._try_get(max(deadline - monotonic(), 1e-6))
-                if conn is not None:
-                    hook = self._waited_hook
-                    if hook is not None:
-                        hook(monotonic() - start)
-                    return conn, None
-                continue
-            if r != ENQUEUED:
-                raise self._not_queued(r)
-            return None, (waiter, wait)
-
-    def _wait_for_handoff(self, waiter: Any, wait: Callable[[float], bool], deadline: float,
-                          start: float) -> None:
-        """Block until the core hands ``waiter`` a connection, ends it, or ``deadline`` passes."""
-        try:
-            while True:
-                # In steps: a huge or infinite timeout means "as long as it takes", and no
-                # lock or hub timer takes an infinite timeout.
-                left = deadline - monotonic()
-                if wait(min(left, WAIT_STEP)) or left <= WAIT_STEP:
-                    break
-        except BaseException:
-            # Cancelled (KeyboardInterrupt, greenlet kill, timeout exception): a connection
-            # handed over meanwhile must go back, not vanish with this caller.
-            conn = self._claim(waiter)
-            self._requests_wait += monotonic() - start
-            if conn is not None:
-                self.putconn(conn)
-            raise
 
     def _no_handoff(self, waiter: Any, wait_for: float) -> PoolError:
         """The error for a waiter that got no connection: closed, refused, or timed out."""
