@@ -329,21 +329,13 @@ def s_basic() -> None:
 
 def s_gevent_startup() -> None:
     import gevent
-    import psycopg2 as pg
 
     setup()
     from django.db import connection
 
     admin = admin_connection()
     opened: List[str] = []  # every connection this process opened for the alias (its app name)
-    real_connect = pg.connect
-
-    def counting_connect(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("application_name") == APP:
-            opened.append(kwargs.get("dbname", ""))
-        return real_connect(*args, **kwargs)
-
-    pg.connect = counting_connect
+    undo = _count_connects(opened)
     samples: List[int] = []
     stop = False
 
@@ -373,7 +365,7 @@ def s_gevent_startup() -> None:
     gevent.joinall(gs, timeout=90)
     stop = True
     s.join(5)
-    pg.connect = real_connect
+    undo()
     emit(
         ok=sum(1 for r in results if r is None),
         errors=[r for r in results if r is not None][:5],
